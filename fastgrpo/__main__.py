@@ -1,0 +1,2 @@
+from fastgrpo.train.cli import main
+raise SystemExit(main())

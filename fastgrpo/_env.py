@@ -1,0 +1,47 @@
+"""The one place that reads ``FASTGRPO_*`` environment variables (each is documented in README.md).
+
+Values are read when a function here is called, never at import time, so that tests and launchers can set
+them after ``import fastgrpo``.
+"""
+
+from __future__ import annotations
+
+import os
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name}={raw!r} is not a boolean; use 1 or 0")
+
+
+def check_values() -> bool:
+    """``FASTGRPO_CHECK_VALUES``: validate tensor *values* (time ranges) even on CUDA tensors.
+
+    Value checks read device memory and therefore synchronise the host with the device; by default they run
+    only on CPU tensors, where they cost nothing. Set to 1 when debugging a GPU run.
+    """
+    return _flag("FASTGRPO_CHECK_VALUES", False)
+
+
+def use_custom_ops() -> bool:
+    """``FASTGRPO_CUSTOM_OPS``: route Triton kernels through ``torch.library.triton_op`` (default 1).
+
+    Set to 0 to call the kernels directly through ``torch.autograd.Function`` (the path used automatically
+    where ``torch.library.triton_op`` does not exist); ``torch.compile`` then breaks the graph at each call.
+    """
+    return _flag("FASTGRPO_CUSTOM_OPS", True)
+
+
+def triton_interpret() -> bool:
+    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``, Triton's own variable)."""
+    return _flag("TRITON_INTERPRET", False)

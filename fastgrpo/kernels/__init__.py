@@ -1,0 +1,1 @@
+"""fastgrpo.kernels"""
