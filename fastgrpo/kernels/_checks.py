@@ -61,9 +61,7 @@ def check_latent(name: str, x: object, like: torch.Tensor | None = None) -> torc
         raise ValueError(f"{name} has no elements per sample (shape {tuple(x.shape)})")
     if like is not None:
         if x.shape != like.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)} but x has {tuple(like.shape)}; they must match"
-            )
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but x has {tuple(like.shape)}; they must match")
         if x.device != like.device:
             raise ValueError(f"{name} is on {x.device} but x is on {like.device}; move it to {like.device}")
     return x
@@ -88,9 +86,7 @@ def _value_checks_enabled(t: torch.Tensor) -> bool:
     return _env.check_values() and not _capturing()
 
 
-def check_times(
-    t: object, t_next: object, batch: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def check_times(t: object, t_next: object, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``t, t_next`` (python floats, 0-d or ``[B]`` float tensors) and return float32 tensors on ``device``.
 
     Each returned tensor is 0-d (one time for the whole batch) or ``[B]``. Requires ``0 < t <= 1`` and
@@ -101,9 +97,7 @@ def check_times(
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = torch.tensor(float(value), dtype=torch.float32, device=device)
         if not isinstance(value, torch.Tensor):
-            raise ValueError(
-                f"{name} must be a float or a float tensor of shape [B] or [], got {type(value)}"
-            )
+            raise ValueError(f"{name} must be a float or a float tensor of shape [B] or [], got {type(value)}")
         if value.dtype not in TIME_DTYPES:
             raise ValueError(f"{name} has dtype {value.dtype}; pass float32 (or float64) times")
         if value.device != device:

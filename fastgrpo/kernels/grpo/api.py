@@ -85,9 +85,7 @@ def grpo_loss(
     if clip_low >= 1.0:
         raise ValueError(f"clip_low must be < 1 (the ratio's lower bound is 1 - clip_low), got {clip_low}")
     if _checks.resolve_backend(backend, logp.device) == "torch":
-        loss, stats = naive.grpo_loss_ref(
-            logp, old_logp, adv, clip_low=clip_low, clip_high=clip_high, kl=kl, beta=beta
-        )
+        loss, stats = naive.grpo_loss_ref(logp, old_logp, adv, clip_low=clip_low, clip_high=clip_high, kl=kl, beta=beta)
         return loss, GRPOStats(stats)
     params = ops.LossParams(float(clip_low), float(clip_high), float(beta))
     stats = ops.grpo_loss_triton(

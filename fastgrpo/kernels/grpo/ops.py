@@ -115,9 +115,7 @@ def _registered() -> Callable[..., Any]:
     return op
 
 
-def grpo_loss_triton(
-    logp: Tensor, old_logp: Tensor, adv: Tensor, kl: Tensor | None, params: LossParams
-) -> Tensor:
+def grpo_loss_triton(logp: Tensor, old_logp: Tensor, adv: Tensor, kl: Tensor | None, params: LossParams) -> Tensor:
     """``stats [10]`` whose entry 0 (the loss) is differentiable w.r.t. ``logp`` and ``kl``."""
     if _registry.custom_ops_enabled():
         stats, _ = _registered()(logp, old_logp, adv, kl, params.clip_low, params.clip_high, params.beta)

@@ -46,9 +46,7 @@ def _check_seed(seed: Seed, device: torch.device) -> tuple[Tensor | None, int, i
         return seed, 0, 0
     pair = seed if isinstance(seed, tuple) else (seed, 0)
     if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
-        raise ValueError(
-            f"seed must be an int, a (seed, offset) tuple of ints or an int64 [2] tensor, got {seed!r}"
-        )
+        raise ValueError(f"seed must be an int, a (seed, offset) tuple of ints or an int64 [2] tensor, got {seed!r}")
     if not all(0 <= p < _MAX_SEED for p in pair):
         raise ValueError(f"seed and offset must lie in [0, 2**63), got {pair}")
     return None, pair[0], pair[1]

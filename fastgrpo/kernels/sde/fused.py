@@ -82,7 +82,7 @@ def _sde_step_partial_kernel(
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    _sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
     if NOISE_MODE == 2:
         if SEED_FROM_PTR:
             seed = tl.load(seed_ptr)
@@ -148,7 +148,7 @@ def _logprob_kl_partial_kernel(
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    _sigma, _std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
     j = tl.arange(0, Q)
     base = tile.to(tl.int64) * (4 * Q)
     acc_lp = tl.zeros([Q], dtype=tl.float32)
@@ -204,7 +204,7 @@ def _finalize_kernel(
     b = tl.program_id(0).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    sigma, std, _cx, cv = _coefficients(t, t_next, noise_level, t_cap)
     n = N.to(tl.float32)
     if HAS_LOGP:
         sq = _row_sum(plp_ptr, b, P, BLOCK_P)

@@ -25,9 +25,7 @@ class StepCoefficients(NamedTuple):
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    return (
-        torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
-    )
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
 
 
 def coefficients(

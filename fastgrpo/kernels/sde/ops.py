@@ -267,9 +267,7 @@ def _registered() -> tuple[Callable[..., Any], Callable[..., Any]]:
     launch = _registry.launcher(True)
 
     def sde_fn(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean):
-        return sde_step_impl(
-            x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch
-        )
+        return sde_step_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch)
 
     def lpkl_fn(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact):
         params = StepParams(noise_level, t_cap, mean, kl_exact)

@@ -97,9 +97,7 @@ def philox_normal(
     tiles = -(-numel // NOISE_TILE)
     j = torch.arange(tiles * NOISE_QUARTER, dtype=torch.int64, device=device)[None, :]
     b = torch.arange(batch, dtype=torch.int64, device=device)[:, None]
-    w0, w1, w2, w3 = philox4x32(
-        j, b, offset_t & _M32, (offset_t >> 32) & _M32, seed_t & _M32, (seed_t >> 32) & _M32
-    )
+    w0, w1, w2, w3 = philox4x32(j, b, offset_t & _M32, (offset_t >> 32) & _M32, seed_t & _M32, (seed_t >> 32) & _M32)
     n0, n1 = box_muller(words_to_uniform(w0), words_to_uniform(w1))
     n2, n3 = box_muller(words_to_uniform(w2), words_to_uniform(w3))
     quarters = torch.stack([q.reshape(batch, tiles, NOISE_QUARTER) for q in (n0, n1, n2, n3)], dim=2)
