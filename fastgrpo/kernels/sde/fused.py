@@ -15,9 +15,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-HALF_LOG_2PI = 0.9189385332046727  # log(2 pi) / 2
-INV_2_24 = 5.960464477539063e-08  # 2 ** -24
-TWO_PI = 6.283185307179586
+HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
+INV_2_24 = tl.constexpr(5.960464477539063e-08)  # 2 ** -24
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
