@@ -85,7 +85,7 @@ def dense_group_ids(keys: Sequence[GroupKey]) -> tuple[torch.Tensor, list[GroupK
     return torch.tensor(ids, dtype=torch.int64), list(index)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AdvantageResult:
     """Advantages and the group statistics behind them; every tensor lives on the rewards' device.
 
@@ -234,11 +234,12 @@ def gather_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate the rewards and group ids of all ranks, rank by rank (SPEC S3: groups gathered first).
 
-    With ``torch.distributed`` initialised and more than one rank, this is two
-    ``all_gather_into_tensor`` (``all_gather_single`` from torch 2.14) collectives; otherwise the inputs come back unchanged. Rank ``r``'s samples are
-    rows ``rank_slice(B)`` of the result. Requirements the collective cannot check cheaply: every rank passes
-    the same ``B``, and ``group_ids`` are *global* ids (the same condition has the same id on every rank, as the
-    distributed group sampler assigns them), not per-rank :func:`dense_group_ids`.
+    With ``torch.distributed`` initialised and more than one rank, this is two ``all_gather_into_tensor``
+    (``all_gather_single`` from torch 2.14) collectives; otherwise the inputs come back unchanged. Rank
+    ``r``'s samples are rows ``rank_slice(B)`` of the result. Two requirements that the collective cannot
+    check cheaply: every rank passes the same ``B``, and ``group_ids`` are *global* ids (the same condition
+    has the same id on every rank, as the distributed group sampler assigns them), not per-rank
+    :func:`dense_group_ids`.
 
     Args:
         rewards: ``[B]`` float rewards of this rank (NaN = failed).

@@ -102,8 +102,7 @@ class Rollout:
                 continue
             _require(
                 isinstance(value, torch.Tensor) and tuple(value.shape) == shape and value.dtype == dtype,
-                f"Rollout.{name} must be {dtype} of shape {list(shape)} (B={batch}, T={steps}), "
-                f"got {_describe(value)}",
+                f"Rollout.{name} must be {dtype} of shape {list(shape)} (B={batch}, T={steps}), got {_describe(value)}",
             )
             _require(
                 value.device == latents.device,

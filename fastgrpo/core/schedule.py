@@ -65,7 +65,7 @@ class DeviceSchedule(NamedTuple):
     times: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepSchedule:
     """A decreasing time schedule ``1 ≥ t_0 > t_1 > … > t_K = 0`` (``t = 1`` is noise, SPEC conventions).
 
@@ -95,6 +95,13 @@ class StepSchedule:
                 f"StepSchedule.times must decrease strictly from ≤ 1 to a terminal 0, got {times.tolist()}; "
                 "check the scheduler config (shift, shift_terminal, time_shift_type) and the step counts"
             )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepSchedule) and torch.equal(self.times, other.times)
+
+    def __hash__(self) -> int:
+        # Usable as a cache key (e.g. one captured CUDA graph per schedule); times live on the CPU.
+        return hash(tuple(self.times.tolist()))
 
     @property
     def num_steps(self) -> int:
