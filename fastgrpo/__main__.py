@@ -1,2 +1,3 @@
 from fastgrpo.train.cli import main
+
 raise SystemExit(main())

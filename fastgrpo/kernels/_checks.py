@@ -2,7 +2,7 @@
 
 Errors a caller can make raise ``ValueError`` naming the argument and the fix. Value checks (time ranges) read
 tensor contents, which synchronises host and device on CUDA; they run on CPU tensors always and on CUDA tensors
-only when ``FASTGRPO_CHECK_VALUES=1`` and no CUDA graph is being captured.
+only when ``FASTGRPO_CHECK_VALUES=1`` and no CUDA graph is being captured; never while ``torch.compile`` traces.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def _capturing() -> bool:
 
 
 def _value_checks_enabled(t: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # values are symbolic while tracing
+        return False
     if t.device.type == "cpu":
         return True
     return _env.check_values() and not _capturing()

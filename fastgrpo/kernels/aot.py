@@ -57,13 +57,14 @@ def kernel_specs() -> dict[str, dict[str, Any]]:
 
     specs: dict[str, dict[str, Any]] = {}
     for dt in ("bf16", "fp32"):
-        for mode, seed_ptr in ((1, False), (2, True), (2, False)):
+        # (NOISE_MODE, SEED_FROM_PTR, int type of seed/offset: the JIT passes small python ints as i32)
+        for mode, seed_ptr, int_t in ((1, False, "i64"), (2, True, "i64"), (2, False, "i32"), (2, False, "i64")):
             types = {"x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "noise_ptr": "*fp32", "out_ptr": f"*{dt}"}
             types |= {"t_ptr": "*fp32", "tn_ptr": "*fp32", "seed_ptr": "*i64", "partial_ptr": "*fp32"}
             types |= {k: "i32" for k in ("N", "P", "x_stride", "v_stride", "noise_stride", "t_stride")}
-            types |= {"noise_level": "fp32", "t_cap": "fp32", "seed": "i64", "offset": "i64"}
+            types |= {"noise_level": "fp32", "t_cap": "fp32", "seed": int_t, "offset": int_t}
             const = {"NOISE_MODE": mode, "SEED_FROM_PTR": seed_ptr, "Q": ops.QUARTER}
-            name = f"sde_step_{dt}_" + ("noise" if mode == 1 else ("philox_state" if seed_ptr else "philox_int"))
+            name = f"sde_step_{dt}_" + ("noise" if mode == 1 else ("philox_state" if seed_ptr else f"philox_{int_t}"))
             specs[name] = _spec(fused._sde_step_partial_kernel, types, const, ops.NUM_WARPS)
         lp_types = {"xn_ptr": f"*{dt}", "x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "vref_ptr": f"*{dt}"}
         lp_types |= {"t_ptr": "*fp32", "tn_ptr": "*fp32", "plp_ptr": "*fp32", "pkl_ptr": "*fp32"}
@@ -74,9 +75,7 @@ def kernel_specs() -> dict[str, dict[str, Any]]:
         bw_types = {k: v for k, v in lp_types.items() if k not in ("plp_ptr", "pkl_ptr", "P")}
         bw_types |= {"glp_ptr": "*fp32", "gkl_ptr": "*fp32", "gv_ptr": f"*{dt}"}
         const = {"HAS_LOGP": True, "HAS_KL": True, "MEAN": True, "KL_EXACT": True, "BLOCK": ops.BACKWARD_BLOCK}
-        specs[f"logprob_kl_backward_{dt}"] = _spec(
-            fused._logprob_kl_backward_kernel, bw_types, const, ops.NUM_WARPS
-        )
+        specs[f"logprob_kl_backward_{dt}"] = _spec(fused._logprob_kl_backward_kernel, bw_types, const, ops.NUM_WARPS)
     fin_types = {"plp_ptr": "*fp32", "pkl_ptr": "*fp32", "logp_ptr": "*fp32", "kl_ptr": "*fp32"}
     fin_types |= {"t_ptr": "*fp32", "tn_ptr": "*fp32", "t_stride": "i32", "N": "i32", "P": "i32"}
     fin_types |= {"noise_level": "fp32", "t_cap": "fp32"}

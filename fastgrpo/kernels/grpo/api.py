@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -10,7 +12,7 @@ from fastgrpo.kernels.grpo import naive, ops
 from fastgrpo.kernels.grpo.naive import STAT_NAMES
 
 
-class GRPOStats:
+class GRPOStats(NamedTuple):
     """On-device statistics of one loss evaluation: a float32 ``[10]`` tensor with named views.
 
     Fields (0-d tensors): ``loss``, ``policy_loss``, ``kl`` (mean KL), ``clip_frac`` (entries whose gradient
@@ -19,21 +21,15 @@ class GRPOStats:
     ``ratio_min``, ``ratio_max``. Nothing is read to the host until :meth:`to_dict`.
     """
 
-    __slots__ = ("values",)
-    names = STAT_NAMES
-
-    def __init__(self, values: Tensor) -> None:
-        self.values = values
-
-    def __getattr__(self, name: str) -> Tensor:
-        try:
-            return self.values[STAT_NAMES.index(name)]
-        except ValueError:
-            raise AttributeError(name) from None
+    values: Tensor
 
     def to_dict(self) -> dict[str, float]:
         """Read all statistics to the host (one synchronisation)."""
         return dict(zip(STAT_NAMES, self.values.tolist(), strict=True))
+
+
+for _i, _name in enumerate(STAT_NAMES):
+    setattr(GRPOStats, _name, property(lambda self, i=_i: self.values[i], doc=f"``{_name}`` (0-d tensor)"))
 
 
 def _check_inputs(logp, old_logp, adv, kl) -> int:

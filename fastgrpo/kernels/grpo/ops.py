@@ -1,6 +1,5 @@
 """Triton implementation of the GRPO loss, its ``torch.library`` registration and autograd."""
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +70,7 @@ class _GRPOLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logp, old_logp, adv, kl, params: LossParams):  # type: ignore[override]
-        stats, grad_logp = grpo_loss_impl(logp, old_logp, adv, kl, params, _registry.launcher(False))
+        stats, grad_logp = grpo_loss_impl(logp, old_logp, adv, kl, params, _registry.direct)
         ctx.save_for_backward(grad_logp, kl)
         ctx.beta = params.beta
         ctx.mark_non_differentiable(grad_logp)
@@ -90,16 +89,15 @@ _SCHEMA = (
 )
 
 
-@functools.cache
-def _registered() -> Callable[..., Any]:
-    api = _registry.triton_op_api()
-    assert api is not None
-    launch = _registry.launcher(True)
+def _op_impl(logp, old_logp, adv, kl, clip_low, clip_high, beta, *, launch):
+    return grpo_loss_impl(logp, old_logp, adv, kl, LossParams(clip_low, clip_high, beta), launch)
 
-    def fn(logp, old_logp, adv, kl, clip_low, clip_high, beta):
-        return grpo_loss_impl(logp, old_logp, adv, kl, LossParams(clip_low, clip_high, beta), launch)
 
-    op = api[0]("fastgrpo::grpo_loss", fn, mutates_args=(), schema=_SCHEMA)
+def _register() -> Any | None:
+    """Register ``fastgrpo::grpo_loss`` with its autograd; None without the API."""
+    op = _registry.define_op("fastgrpo::grpo_loss", _op_impl, _SCHEMA)
+    if op is None:
+        return None
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output[1], inputs[3])
@@ -115,10 +113,13 @@ def _registered() -> Callable[..., Any]:
     return op
 
 
+_OP = _register()
+
+
 def grpo_loss_triton(logp: Tensor, old_logp: Tensor, adv: Tensor, kl: Tensor | None, params: LossParams) -> Tensor:
     """``stats [10]`` whose entry 0 (the loss) is differentiable w.r.t. ``logp`` and ``kl``."""
-    if _registry.custom_ops_enabled():
-        stats, _ = _registered()(logp, old_logp, adv, kl, params.clip_low, params.clip_high, params.beta)
+    if _OP is not None and _registry.custom_ops_enabled():
+        stats, _ = _OP(logp, old_logp, adv, kl, params.clip_low, params.clip_high, params.beta)
     else:
         stats, _ = _GRPOLossFunction.apply(logp, old_logp, adv, kl, params)
     return stats

@@ -41,6 +41,7 @@ def _uniform(w):
 @triton.jit
 def _philox_normals(seed, offset, sample, tile, Q: tl.constexpr):
     # Four blocks of Q standard normals for counters (tile * Q + j, sample, offset_lo, offset_hi); philox.py.
+    offset = offset.to(tl.int64)  # a small python int arrives as int32
     j = tile * Q + tl.arange(0, Q)
     c0 = j.to(tl.uint32)
     c1 = (c0 * 0 + sample).to(tl.uint32)

@@ -4,7 +4,6 @@ Everything here takes rows ``[B, N]`` (elements of a row contiguous) and checked
 validating entry points live in ``api.py``.
 """
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -237,12 +236,12 @@ class _LogprobKLFunction(torch.autograd.Function):
     def forward(ctx, x_next, x, v, v_ref, t, t_next, params: StepParams):  # type: ignore[override]
         ctx.save_for_backward(x_next, x, v, v_ref, t, t_next)
         ctx.params = params
-        return logprob_kl_impl(x_next, x, v, v_ref, t, t_next, params, _registry.launcher(False))
+        return logprob_kl_impl(x_next, x, v, v_ref, t, t_next, params, _registry.direct)
 
     @staticmethod
     def backward(ctx, g_logp, g_kl):  # type: ignore[override]
         def run(*args):
-            return logprob_kl_backward_impl(*args, launch=_registry.launcher(False))
+            return logprob_kl_backward_impl(*args, launch=_registry.direct)
 
         grad_v = _grad_v(ctx.saved_tensors, ctx.params, g_logp, g_kl, run)
         return None, None, grad_v, None, None, None, None
@@ -258,28 +257,27 @@ _LPKL_SCHEMA = f"({_LPKL_ARGS}, {_SCALARS}) -> (Tensor, Tensor)"
 _LPKL_BWD_SCHEMA = f"({_LPKL_ARGS}, Tensor? grad_logp, Tensor? grad_kl, {_SCALARS}) -> Tensor"
 
 
-@functools.cache
-def _registered() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Register ``fastgrpo::sde_step``, ``fastgrpo::logprob_kl`` (+ backward, autograd) once."""
-    api = _registry.triton_op_api()
-    assert api is not None
-    triton_op = api[0]
-    launch = _registry.launcher(True)
+def _sde_op_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, *, launch):
+    return sde_step_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch)
 
-    def sde_fn(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean):
-        return sde_step_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch)
 
-    def lpkl_fn(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact):
-        params = StepParams(noise_level, t_cap, mean, kl_exact)
-        return logprob_kl_impl(x_next, x, v, v_ref, t, t_next, params, launch)
+def _lpkl_op_impl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact, *, launch):
+    params = StepParams(noise_level, t_cap, mean, kl_exact)
+    return logprob_kl_impl(x_next, x, v, v_ref, t, t_next, params, launch)
 
-    def lpkl_bwd_fn(x_next, x, v, v_ref, t, t_next, grad_logp, grad_kl, noise_level, t_cap, mean, kl_exact):
-        params = StepParams(noise_level, t_cap, mean, kl_exact)
-        return logprob_kl_backward_impl(x_next, x, v, v_ref, t, t_next, grad_logp, grad_kl, params, launch)
 
-    sde_op = triton_op("fastgrpo::sde_step", sde_fn, mutates_args=(), schema=_SDE_SCHEMA)
-    lpkl_op = triton_op("fastgrpo::logprob_kl", lpkl_fn, mutates_args=(), schema=_LPKL_SCHEMA)
-    bwd_op = triton_op("fastgrpo::logprob_kl_backward", lpkl_bwd_fn, mutates_args=(), schema=_LPKL_BWD_SCHEMA)
+def _lpkl_bwd_op_impl(x_next, x, v, v_ref, t, t_next, g_lp, g_kl, noise_level, t_cap, mean, kl_exact, *, launch):
+    params = StepParams(noise_level, t_cap, mean, kl_exact)
+    return logprob_kl_backward_impl(x_next, x, v, v_ref, t, t_next, g_lp, g_kl, params, launch)
+
+
+def _register() -> tuple[Any, Any] | None:
+    """Register ``fastgrpo::sde_step``, ``fastgrpo::logprob_kl`` (+ backward, autograd); None without the API."""
+    sde_op = _registry.define_op("fastgrpo::sde_step", _sde_op_impl, _SDE_SCHEMA)
+    lpkl_op = _registry.define_op("fastgrpo::logprob_kl", _lpkl_op_impl, _LPKL_SCHEMA)
+    bwd_op = _registry.define_op("fastgrpo::logprob_kl_backward", _lpkl_bwd_op_impl, _LPKL_BWD_SCHEMA)
+    if sde_op is None or lpkl_op is None or bwd_op is None:
+        return None
 
     def setup_context(ctx, inputs, output):
         x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact = inputs
@@ -297,6 +295,9 @@ def _registered() -> tuple[Callable[..., Any], Callable[..., Any]]:
     return sde_op, lpkl_op
 
 
+_OPS = _register()
+
+
 def sde_step_triton(
     x: Tensor,
     v: Tensor,
@@ -312,9 +313,9 @@ def sde_step_triton(
 ) -> tuple[Tensor, Tensor]:
     """Dispatch to the registered operator or the plain launch (no gradient flows through a sampling step)."""
     args = (x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean)
-    if _registry.custom_ops_enabled():
-        return _registered()[0](*args)
-    return sde_step_impl(*args, launch=_registry.launcher(False))
+    if _OPS is not None and _registry.custom_ops_enabled():
+        return _OPS[0](*args)
+    return sde_step_impl(*args, launch=_registry.direct)
 
 
 def logprob_kl_triton(
@@ -327,7 +328,7 @@ def logprob_kl_triton(
     params: StepParams,
 ) -> tuple[Tensor, Tensor]:
     """Differentiable (w.r.t. ``v``) log-prob / KL through the registered operator or the autograd function."""
-    if _registry.custom_ops_enabled():
+    if _OPS is not None and _registry.custom_ops_enabled():
         p = params
-        return _registered()[1](x_next, x, v, v_ref, t, t_next, p.noise_level, p.t_cap, p.mean, p.kl_exact)
+        return _OPS[1](x_next, x, v, v_ref, t, t_next, p.noise_level, p.t_cap, p.mean, p.kl_exact)
     return _LogprobKLFunction.apply(x_next, x, v, v_ref, t, t_next, params)
