@@ -116,8 +116,9 @@ def test_logprob_kl_forward_and_backward(shape, dtype, reduction, form):
     scale = 1.0 if reduction == "mean" else float(x[0].numel())
     assert_close_calibrated(lp, lp32, lp64, 1e-5 * scale, "logp")
     assert_close_calibrated(kl, kl32, kl64, 1e-5 * scale * kl64.abs().max().item(), "kl")
-    gscale = grad64.abs().max().item()
-    assert_close_calibrated(grad.float(), grad32.float(), grad64, _store_atol(dtype, grad64), "grad_v")
+    gscale = grad64.abs().max().item()  # gradients scale with 1/N under mean: tolerances are relative
+    tol = (torch.finfo(dtype).eps + ATOL[dtype]) * gscale
+    assert_close_calibrated(grad.float(), grad32.float(), grad64, tol, "grad_v")
 
 
 def test_step_logprob_and_velocity_kl_equal_the_fused_pass():
