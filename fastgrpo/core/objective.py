@@ -1,0 +1,112 @@
+"""The GRPO objective of SPEC S3 for one trained step: fused log-prob + KL, then the clipped loss.
+
+``J = mean_t L_policy(t) + beta * mean_t KL(t)``, each term a mean over samples. The trainer evaluates one trained
+step of one micro-batch at a time (to free activations), so :func:`step_loss` returns that piece already weighted:
+with ``weight = (micro-batch size / batch size) / (number of trained steps)``, summing ``step_loss`` over all
+micro-batches and trained steps (gradient accumulation) gives exactly ``J`` and its gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+from fastgrpo.kernels import GRPOStats, grpo_loss, logprob_kl
+
+__all__ = ["GRPOConfig", "step_loss"]
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Clipped-ratio objective and KL regularisation (SPEC S3). Defaults follow public Flow-GRPO runs.
+
+    Attributes:
+        clip_low: the ratio is clipped below at ``1 - clip_low``. With ``reduction="mean"`` log-probs, ratios
+            stay within about 1e-4 of 1, hence the small default.
+        clip_high: the ratio is clipped above at ``1 + clip_high`` (set apart from ``clip_low`` for DAPO-style
+            asymmetric clipping).
+        beta: weight of the KL to the reference policy; 0 skips the reference forward pass entirely.
+        kl_form: ``"exact"`` (``||mu - mu_ref||^2 / (2 s^2)``) or ``"flow_grpo"`` (divides by ``2 sigma_t^2``,
+            so beta values tuned for that code base carry over).
+        adv_std: normalise advantages by the std within each group (``"group"``) or over the batch (``"global"``).
+        adv_clip: advantages are clipped to ``[-adv_clip, adv_clip]``.
+    """
+
+    clip_low: float = 1e-4
+    clip_high: float = 1e-4
+    beta: float = 0.004
+    kl_form: Literal["exact", "flow_grpo"] = "exact"
+    adv_std: Literal["group", "global"] = "group"
+    adv_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clip_low < 1.0:
+            raise ValueError(f"grpo.clip_low must lie in [0, 1) (e.g. 1e-4), got {self.clip_low!r}")
+        if not self.clip_high >= 0.0:
+            raise ValueError(f"grpo.clip_high must be >= 0 (e.g. 1e-4), got {self.clip_high!r}")
+        if not self.beta >= 0.0:
+            raise ValueError(f"grpo.beta must be >= 0 (0 disables the KL term), got {self.beta!r}")
+        if self.kl_form not in ("exact", "flow_grpo"):
+            raise ValueError(f"grpo.kl_form must be 'exact' or 'flow_grpo', got {self.kl_form!r}")
+        if self.adv_std not in ("group", "global"):
+            raise ValueError(f"grpo.adv_std must be 'group' or 'global', got {self.adv_std!r}")
+        if not self.adv_clip > 0.0:
+            raise ValueError(f"grpo.adv_clip must be > 0 (e.g. 5), got {self.adv_clip!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the reference policy's velocity is needed (``beta > 0``)."""
+        return self.beta > 0.0
+
+
+def step_loss(
+    x_next: Tensor,
+    x: Tensor,
+    v: Tensor,
+    v_ref: Tensor | None,
+    t: float | Tensor,
+    t_next: float | Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    *,
+    grpo: GRPOConfig,
+    noise_level: float,
+    t_cap: float,
+    reduction: str = "mean",
+    weight: float = 1.0,
+    backend: str = "auto",
+) -> tuple[Tensor, GRPOStats, Tensor]:
+    """Weighted loss of one trained step for a micro-batch, its statistics and the new log-prob.
+
+    Args:
+        x_next, x: ``[B, ...]`` the stored transition of this step (data, no gradient).
+        v: ``[B, ...]`` policy velocity at ``(x, t)``, with gradient.
+        v_ref: ``[B, ...]`` reference velocity (adapter off), or None when ``grpo.beta == 0``.
+        t, t_next: times ``[B]`` or scalars; ``old_logp [B]`` float32 from the rollout; ``adv [B]`` float32.
+        weight: multiplies the loss; see the module docstring for the value that makes accumulation exact.
+
+    Returns:
+        ``(loss 0-d, stats, logp [B])``; ``loss`` is differentiable w.r.t. ``v``; nothing is read to the host.
+    """
+    if grpo.needs_reference and v_ref is None:
+        raise ValueError("grpo.beta > 0 needs v_ref (the reference velocity); pass it or set grpo.beta = 0")
+    logp, kl = logprob_kl(
+        x_next,
+        x,
+        v,
+        v_ref if grpo.needs_reference else None,
+        t,
+        t_next,
+        noise_level=noise_level,
+        t_cap=t_cap,
+        reduction=reduction,
+        form=grpo.kl_form,
+        backend=backend,
+    )
+    assert logp is not None
+    loss, stats = grpo_loss(
+        logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta, backend=backend
+    )
+    return loss * weight, stats, logp.detach()

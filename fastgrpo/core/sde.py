@@ -1,0 +1,70 @@
+"""SPEC S1 hyperparameters and the per-step Gaussian of the SDE (thin, validated views of the kernel math).
+
+The math itself lives once, in :mod:`fastgrpo.kernels.sde.naive` (the reference the fused kernels are tested
+against); this module adds the typed configuration and the schedule-dependent default of ``t_cap``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fastgrpo.core.schedule import StepSchedule
+from fastgrpo.kernels.sde import naive
+
+__all__ = ["SDEConfig", "sigma_t", "step_mean_std"]
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    """How rollouts explore (SPEC S1).
+
+    Attributes:
+        noise_level: ``a`` in ``sigma_t = a sqrt(t / (1 - min(t, t_cap)))``; 0 gives the deterministic ODE.
+            Public Flow-GRPO runs use about 0.7.
+        t_cap: cap on ``t`` inside the square root, keeping ``sigma_t`` finite at ``t = 1``; None takes the
+            schedule's second time (the first step borrows its neighbour's denominator).
+        reduction: how the per-element log-density is reduced per sample: ``"mean"`` (Flow-GRPO's convention,
+            so its clip ranges of 1e-4…1e-5 carry over) or ``"sum"`` (the true log-density).
+    """
+
+    noise_level: float = 0.7
+    t_cap: float | None = None
+    reduction: Literal["mean", "sum"] = "mean"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.noise_level, (int, float)) and self.noise_level >= 0):
+            raise ValueError(f"sde.noise_level must be a float >= 0 (about 0.7 is typical), got {self.noise_level!r}")
+        if self.t_cap is not None and not 0.0 <= self.t_cap < 1.0:
+            raise ValueError(f"sde.t_cap must lie in [0, 1) or be null for the schedule default, got {self.t_cap!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"sde.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
+    def resolve_t_cap(self, schedule: StepSchedule) -> float:
+        """``t_cap``, or the schedule's second time when unset (SPEC S1's default)."""
+        return float(self.t_cap) if self.t_cap is not None else schedule.t_cap
+
+
+def sigma_t(t: torch.Tensor, noise_level: float, t_cap: float) -> torch.Tensor:
+    """``sigma_t [B]`` (float32, or float64 for float64 ``t``) for times ``t [B]``."""
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    c = naive.coefficients(t, t * 0, noise_level, t_cap, dtype)
+    return c.sigma.reshape(t.shape)
+
+
+def step_mean_std(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    t: torch.Tensor,
+    t_next: torch.Tensor,
+    noise_level: float,
+    t_cap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``mu`` (x's shape, float32) and std ``s [B]`` of the step Gaussian ``N(mu, s^2 I)`` of SPEC S1."""
+    dtype = naive.compute_dtype(x, v)
+    c = naive.coefficients(t, t_next, noise_level, t_cap, dtype)
+    rows = x.shape[0]
+    mu = naive.step_mean(x.reshape(rows, -1).to(dtype), v.reshape(rows, -1).to(dtype), t, c)
+    return mu.reshape(x.shape), c.std.reshape(-1).expand(rows)
