@@ -1,0 +1,25 @@
+"""The command line: ``fastgrpo env`` reports the installation; ``fastgrpo train`` says what it does."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastgrpo.train.cli import main
+
+
+def test_env_reports_versions_and_devices(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for word in ("torch", "triton", "diffusers", "triton mode", "attention backends"):
+        assert word in out
+
+
+def test_train_is_honest_about_what_exists(capsys):
+    assert main(["train"]) == 0
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit) as info:
+        main(["fly"])
+    assert info.value.code == 2
