@@ -94,10 +94,12 @@ def check_times(t: object, t_next: object, batch: int, device: torch.device) -> 
     Each returned tensor is 0-d (one time for the whole batch) or ``[B]``. Requires ``0 < t <= 1`` and
     ``0 <= t_next < t`` (sampling runs from noise at t = 1 towards data at t = 0).
     """
+    _check_time_values(t, t_next, host=True)
     out = []
     for name, value in (("t", t), ("t_next", t_next)):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = torch.tensor(float(value), dtype=torch.float32, device=device)
+            # a fill kernel with the value as argument: no host-to-device copy, no sync, capturable
+            value = torch.full((), float(value), dtype=torch.float32, device=device)
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name} must be a float or a float tensor of shape [B] or [], got {type(value)}")
         if value.dtype not in TIME_DTYPES:
@@ -109,13 +111,28 @@ def check_times(t: object, t_next: object, batch: int, device: torch.device) -> 
         out.append(value.to(torch.float32))
     tt, tn = out
     if _value_checks_enabled(tt):
-        if not bool(((tt > 0) & (tt <= 1)).all()):
-            raise ValueError(f"t must lie in (0, 1] (t = 1 is noise), got {tt.tolist()}")
-        if not bool((tn >= 0).all()):
-            raise ValueError(f"t_next must be >= 0, got {tn.tolist()}")
-        if not bool((tn < tt).all()):
-            raise ValueError("t_next must be < t: steps run from noise (t = 1) towards data (t = 0)")
+        _check_time_values(tt, tn, host=False)
     return tt, tn
+
+
+def _check_time_values(t: object, t_next: object, *, host: bool) -> None:
+    """Range checks on python numbers (``host``: free, always) or on tensors (reads them)."""
+    if host:
+        t = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+        t_next = float(t_next) if isinstance(t_next, (int, float)) and not isinstance(t_next, bool) else None
+        ok_t = t is None or 0.0 < t <= 1.0
+        ok_tn = t_next is None or t_next >= 0.0
+        ok_order = t is None or t_next is None or t_next < t
+    else:
+        ok_t = bool(((t > 0) & (t <= 1)).all())
+        ok_tn = bool((t_next >= 0).all())
+        ok_order = bool((t_next < t).all())
+    if not ok_t:
+        raise ValueError(f"t must lie in (0, 1] (t = 1 is noise), got {t}")
+    if not ok_tn:
+        raise ValueError(f"t_next must be >= 0, got {t_next}")
+    if not ok_order:
+        raise ValueError("t_next must be < t: steps run from noise (t = 1) towards data (t = 0)")
 
 
 def check_sde_params(noise_level: float, t_cap: float, *, need_noise: bool) -> tuple[float, float]:

@@ -88,3 +88,11 @@ def test_auto_backend_uses_the_reference_on_cpu():
     a = _step(backend="auto", seed=(3, 1))
     b = _step(backend="torch", seed=(3, 1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_python_float_times_are_checked_without_reading_any_device():
+    meta = torch.zeros(2, 8, device="meta")  # values unreadable, as on a GPU without FASTGRPO_CHECK_VALUES
+    with pytest.raises(ValueError, match=r"t must lie in \(0, 1\]"):
+        sde_step(meta, meta, 1.5, 0.5, seed=0, **KW)
+    with pytest.raises(ValueError, match="t_next must be < t"):
+        step_logprob(meta, meta, meta, 0.5, 0.5, **KW)

@@ -78,7 +78,7 @@ def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.
 def _as_int64(value: int | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.int64)
-    return torch.tensor(int(value), dtype=torch.int64, device=device)
+    return torch.full((), int(value), dtype=torch.int64, device=device)  # no host-to-device copy
 
 
 def philox_normal(
