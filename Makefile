@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q benchmarks --benchmark-disable  # benchmarks run once each, untimed: they must not rot
 
 bench: $(STAMP)
 	$(VENV)/bin/pytest benchmarks
