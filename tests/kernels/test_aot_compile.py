@@ -60,3 +60,11 @@ def test_streaming_kernels_use_vector_loads_and_stores(compiled):
         with open(r["ptx_path"]) as f:
             ptx = f.read()
         assert f".target sm_{r['arch']}" in ptx
+
+
+def test_reductions_use_no_atomics(compiled):
+    # deterministic two-stage reductions: no atomic or reduction-to-memory instructions anywhere
+    for r in compiled:
+        with open(r["ptx_path"]) as f:
+            ptx = f.read()
+        assert "atom." not in ptx and "red.global" not in ptx, r["name"]
