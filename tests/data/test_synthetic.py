@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastgrpo.data.synthetic import CELLS, COLOURS, OPS, ShapeSpec, SyntheticEditTask, render, shape_mask
+from fastgrpo.core.shapes import CELLS, COLOURS, OPS, ShapeSpec, render, shape_mask
+from fastgrpo.data.synthetic import SyntheticEditTask
 
 
 def test_samples_are_deterministic_and_seeds_differ():
