@@ -1,0 +1,220 @@
+"""The editing-model adapter interface: the only thing the trainer knows about a model.
+
+An adapter wraps one flow-matching editing model (FLUX.1 Kontext, Qwen-Image-Edit, the built-in tiny editor). The
+trainer works on *packed* latents ``[B, N, C]`` (N image tokens of C channels, the layout the transformer
+consumes) and calls, per iteration:
+
+1. :meth:`EditModel.encode` once per condition (source image + instruction) -> :class:`Condition`, cached by
+   :meth:`EditModel.condition_key`;
+2. :meth:`EditModel.initial_noise` for the resolution bucket;
+3. :meth:`EditModel.velocity` in batched forwards along the :meth:`EditModel.schedule`;
+4. :meth:`EditModel.decode` of the final latents for the rewards.
+
+LoRA: :meth:`EditModel.add_lora` attaches trainable adapters to :attr:`EditModel.transformer`;
+:meth:`EditModel.reference` is a context in which the adapters are off (the reference policy, no second copy of
+the weights); :meth:`EditModel.save_lora` / :meth:`EditModel.load_lora` use the diffusers LoRA format.
+
+Conventions (SPEC): rectified flow, ``t`` in [0, 1] with 1 = noise, the velocity is ``v = eps - x_0``; images are
+float tensors ``[B, 3, H, W]`` in [0, 1] at the boundary (PIL images and uint8 arrays are converted by
+:func:`images_to_tensor`).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastgrpo.core.schedule import StepSchedule
+
+
+@dataclass
+class Condition:
+    """Encoded conditions of a batch: named tensors whose first dimension is the batch.
+
+    Attributes:
+        tensors: model-specific tensors, each ``[B, ...]`` (e.g. ``prompt_embeds [B, L, D]``, packed source-image
+            latents ``[B, N_src, C]``); per-sample values only, so that selecting/repeating rows is always valid.
+        height, width: pixel size of the images this condition belongs to (one resolution per batch).
+        keys: per-sample cache keys (``condition_key``), or empty.
+    """
+
+    tensors: dict[str, Tensor]
+    height: int
+    width: int
+    keys: tuple[str, ...] = field(default=())
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def index_select(self, index: Tensor) -> Condition:
+        """Rows ``index`` (int64 ``[M]``) of every tensor."""
+        keys = tuple(self.keys[i] for i in index.tolist()) if self.keys else ()
+        return Condition({k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()},
+                         self.height, self.width, keys)  # fmt: skip
+
+    def repeat_interleave(self, repeats: int) -> Condition:
+        """Each condition repeated ``repeats`` times in a row (a group of G samples per condition)."""
+        keys = tuple(k for k in self.keys for _ in range(repeats))
+        return Condition({k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()},
+                         self.height, self.width, keys)  # fmt: skip
+
+    def to(self, device: torch.device | str) -> Condition:
+        return Condition({k: v.to(device) for k, v in self.tensors.items()}, self.height, self.width, self.keys)
+
+    @staticmethod
+    def cat(conditions: Sequence[Condition]) -> Condition:
+        """Concatenate along the batch; all must share the resolution and tensor names."""
+        first = conditions[0]
+        for c in conditions[1:]:
+            if (c.height, c.width) != (first.height, first.width):
+                raise ValueError(
+                    f"cannot batch conditions of {c.height}x{c.width} with {first.height}x{first.width}: "
+                    "a batch holds one resolution (bucket the data set by resolution)"
+                )
+        tensors = {k: torch.cat([c.tensors[k] for c in conditions]) for k in first.tensors}
+        return Condition(tensors, first.height, first.width, tuple(k for c in conditions for k in c.keys))
+
+
+def images_to_tensor(images: Any, *, size: tuple[int, int] | None = None) -> Tensor:
+    """Images -> float32 ``[B, 3, H, W]`` in [0, 1].
+
+    Accepts a float tensor ``[B, 3, H, W]`` in [0, 1], a uint8 tensor/array ``[B, H, W, 3]``, or a sequence of
+    PIL images / uint8 arrays ``[H, W, 3]`` that all have one size. RGB only: a PIL image in another mode raises
+    ``ValueError`` naming the fix (``image.convert("RGB")``), as does a size other than ``size`` (H, W) when given.
+    """
+    if isinstance(images, Tensor):
+        tensor = images
+        if tensor.dtype == torch.uint8:
+            if tensor.dim() != 4 or tensor.shape[-1] != 3:
+                raise ValueError(f"uint8 images must be [B, H, W, 3], got {tuple(tensor.shape)}")
+            tensor = tensor.permute(0, 3, 1, 2).float() / 255.0
+        elif tensor.dim() != 4 or tensor.shape[1] != 3 or not tensor.dtype.is_floating_point:
+            raise ValueError(
+                f"image tensors must be float [B, 3, H, W] in [0, 1], got {tensor.dtype} {tuple(tensor.shape)}"
+            )
+    else:
+        arrays = []
+        for i, image in enumerate(images):
+            mode = getattr(image, "mode", None)
+            if mode is not None and mode != "RGB":
+                raise ValueError(f"image {i} has mode {mode!r}; pass RGB images (image.convert('RGB'))")
+            array = np.asarray(image)
+            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+                raise ValueError(f"image {i} must be uint8 [H, W, 3] RGB, got {array.dtype} {array.shape}")
+            arrays.append(array)
+        if not arrays:
+            raise ValueError("no images given; pass at least one source image")
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"images of several sizes in one batch {sorted(shapes)}: a batch holds one resolution "
+                "(bucket the data set by resolution)"
+            )
+        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    if size is not None and tuple(tensor.shape[-2:]) != tuple(size):
+        raise ValueError(
+            f"images are {tensor.shape[-2]}x{tensor.shape[-1]} but this model takes {size[0]}x{size[1]}; "
+            "resize them (the data layer's resolution buckets do this)"
+        )
+    return tensor
+
+
+class EditModel(abc.ABC):
+    """A flow-matching editing model as the trainer sees it (see the module docstring)."""
+
+    #: model type name used in configs (``"flux_kontext"``, ``"qwen_image_edit"``, ``"tiny"``)
+    model_type: str = ""
+
+    @property
+    @abc.abstractmethod
+    def transformer(self) -> torch.nn.Module:
+        """The denoiser (the module LoRA attaches to)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @abc.abstractmethod
+    def condition_key(self, source_id: str, instruction: str) -> str:
+        """Cache key of one condition (includes the source image where the text embedding depends on it)."""
+
+    @abc.abstractmethod
+    def encode(
+        self,
+        sources: Any,
+        instructions: Sequence[str] | None = None,
+        *,
+        prompt_embeds: Mapping[str, Tensor] | None = None,
+    ) -> Condition:
+        """Encode source images (see :func:`images_to_tensor`) and instructions, or injected prompt embeddings."""
+
+    @abc.abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Packed latent shape ``(N, C)`` of one image of ``height x width`` pixels (ValueError if not allowed)."""
+
+    def initial_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal packed latents ``[B, N, C]`` (float32 on the model's device)."""
+        n, c = self.latent_shape(height, width)
+        noise = torch.randn((batch, n, c), generator=generator, device=generator.device if generator else "cpu")
+        return noise.to(self.device)
+
+    @abc.abstractmethod
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Condition) -> Tensor:
+        """``v(x_t, t | cond)`` ``[B, N, C]`` for packed latents ``x_t [B, N, C]`` and times ``t [B]`` in [0, 1]."""
+
+    @abc.abstractmethod
+    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
+        """Packed final latents ``[B, N, C]`` -> images float32 ``[B, 3, H, W]`` in [0, 1]."""
+
+    @abc.abstractmethod
+    def scheduler_config(self) -> dict[str, Any]:
+        """The checkpoint's ``FlowMatchEulerDiscreteScheduler`` config."""
+
+    def image_seq_len(self, height: int, width: int) -> int:
+        """Token count used for the dynamic time shift (the packed edited-image tokens)."""
+        return self.latent_shape(height, width)[0]
+
+    def schedule(self, num_steps: int, height: int, width: int, *, interval_steps: int | None = None) -> StepSchedule:
+        """Step schedule of the stock pipeline at this resolution (see :func:`fastgrpo.core.flow_schedule`)."""
+        from fastgrpo.core.schedule import flow_schedule
+
+        return flow_schedule(
+            self.scheduler_config(),
+            num_steps,
+            image_seq_len=self.image_seq_len(height, width),
+            interval_steps=interval_steps,
+        )
+
+    # LoRA ------------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_lora(
+        self, rank: int, alpha: float, target_modules: Sequence[str] | None = None
+    ) -> list[torch.nn.Parameter]:
+        """Attach LoRA adapters (defaults per model when ``target_modules`` is None); returns the trainable ones."""
+
+    @abc.abstractmethod
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Context in which the LoRA adapters are disabled: the reference (base) policy."""
+
+    @abc.abstractmethod
+    def save_lora(self, directory: str | Path) -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` in the diffusers format (loadable by the stock pipeline)."""
+
+    @abc.abstractmethod
+    def load_lora(self, directory: str | Path) -> None:
+        """Load adapters written by :meth:`save_lora` (resume)."""

@@ -1,0 +1,97 @@
+"""The built-in tiny editor: a small FLUX.1-Kontext-architecture transformer on 32x32 pixels.
+
+It runs through exactly the adapter code of FLUX.1 Kontext (:class:`~fastgrpo.models.flux_kontext.FluxKontextEditModel`:
+2x2 packing, the source image as context tokens, the same ``velocity``), with two substitutions that need no
+download: a pixel-space codec (:class:`~fastgrpo.models.tiny_text.PixelCodec`) instead of a VAE, and a word-level
+prompt encoder (:class:`~fastgrpo.models.tiny_text.VocabPromptEncoder`) instead of CLIP + T5. Its weights ship in
+``fastgrpo/models/weights/tiny_editor.safetensors`` and are rebuilt by ``python -m fastgrpo.models.tiny_pretrain``
+(supervised flow matching on the synthetic task of :mod:`fastgrpo.data.synthetic`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_SIZE = 32
+WEIGHTS = Path(__file__).parent / "weights" / "tiny_editor.safetensors"
+# 6 heads x 16 = hidden 96; rotary axes (4, 6, 6) split the 16-wide heads; 2x2 packing of 3 channels -> 12
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 12,
+    "num_layers": 3,
+    "num_single_layers": 3,
+    "attention_head_dim": 16,
+    "num_attention_heads": 6,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "guidance_embeds": False,
+    "axes_dims_rope": (4, 6, 6),
+}
+# rectified-flow schedule without shift (pixel space at 32x32 needs none)
+SCHEDULER_CONFIG: dict[str, Any] = {"shift": 1.0, "use_dynamic_shifting": False}
+TRAIN_STEPS, EVAL_STEPS = 8, 20
+
+
+def build_tiny_editor(
+    weights: str | Path | None = WEIGHTS,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Any:
+    """The tiny editor as a :class:`FluxKontextEditModel`; ``weights=None`` gives random initialisation (seeded).
+
+    Raises ``FileNotFoundError`` naming the rebuild command when the weights file is missing.
+    """
+    from diffusers import FluxTransformer2DModel
+
+    from fastgrpo.models.flux_kontext import FluxKontextEditModel
+    from fastgrpo.models.tiny_text import PixelCodec, VocabPromptEncoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
+        encoder = VocabPromptEncoder(
+            dim=TRANSFORMER_CONFIG["joint_attention_dim"], pooled_dim=TRANSFORMER_CONFIG["pooled_projection_dim"]
+        )
+    if weights is not None:
+        load_weights(transformer, encoder, weights)
+    transformer.to(device=device, dtype=dtype).eval()
+    encoder.to(device=device).eval()
+    for p in (*transformer.parameters(), *encoder.parameters()):
+        p.requires_grad_(False)
+    return FluxKontextEditModel(
+        transformer=transformer, codec=PixelCodec(), scheduler_config=dict(SCHEDULER_CONFIG), prompt_encoder=encoder
+    )
+
+
+def load_weights(transformer: torch.nn.Module, encoder: torch.nn.Module, path: str | Path) -> None:
+    """Load ``transformer.*`` and ``prompt_encoder.*`` tensors from a safetensors file (strict)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tiny editor weights not found at {path}; rebuild them with `python -m fastgrpo.models.tiny_pretrain`"
+        )
+    state = load_file(str(path))
+    for prefix, module in (("transformer.", transformer), ("prompt_encoder.", encoder)):
+        part = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(part, strict=True)
+
+
+def save_weights(transformer: torch.nn.Module, encoder: torch.nn.Module, path: str | Path) -> Path:
+    """Write both modules to one safetensors file atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"transformer.{k}": v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()}
+    state |= {f"prompt_encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "model": "fastgrpo-tiny-editor"})
+    tmp.replace(path)
+    return path
