@@ -61,7 +61,8 @@ class VocabPromptEncoder(nn.Module):
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         mask = (ids != 0).unsqueeze(-1).to(self.positions.dtype)
         embeds = (self.tokens(ids) + self.positions) * mask
-        pooled = self.pool(embeds.sum(1) / mask.sum(1).clamp_min(1.0))
+        # a nonlinearity before pooling keeps word order in the pooled vector (a plain mean would lose it)
+        pooled = self.pool((torch.tanh(embeds) * mask).sum(1) / mask.sum(1).clamp_min(1.0))
         return embeds, pooled
 
     @torch.no_grad()
