@@ -44,35 +44,57 @@ class Condition:
             latents ``[B, N_src, C]``); per-sample values only, so that selecting/repeating rows is always valid.
         height, width: pixel size of the images this condition belongs to (one resolution per batch).
         keys: per-sample cache keys (``condition_key``), or empty.
+        seq_masks: variable-length sequence tensors and their masks, ``{"prompt_embeds": "prompt_embeds_mask"}``:
+            ``tensors[name]`` is ``[B, L, ...]`` and ``tensors[mask] [B, L]`` is 1 on real tokens, 0 on padding.
+            :meth:`cat` right-pads such tensors (zeros, mask 0) to the longest ``L`` instead of refusing to join
+            conditions whose prompts have different lengths.
     """
 
     tensors: dict[str, Tensor]
     height: int
     width: int
     keys: tuple[str, ...] = field(default=())
+    seq_masks: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tensors:
+            raise ValueError("a Condition needs at least one tensor; encode the sources with EditModel.encode")
+        for name, mask in self.seq_masks.items():
+            if name not in self.tensors or mask not in self.tensors:
+                raise ValueError(
+                    f"seq_masks names {name!r} -> {mask!r} but the tensors are {sorted(self.tensors)}; "
+                    "name both the sequence tensor and its mask"
+                )
 
     @property
     def batch_size(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
 
+    def _with(self, tensors: dict[str, Tensor], keys: tuple[str, ...]) -> Condition:
+        return Condition(tensors, self.height, self.width, keys, dict(self.seq_masks))
+
     def index_select(self, index: Tensor) -> Condition:
         """Rows ``index`` (int64 ``[M]``) of every tensor."""
         keys = tuple(self.keys[i] for i in index.tolist()) if self.keys else ()
-        return Condition({k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()},
-                         self.height, self.width, keys)  # fmt: skip
+        return self._with({k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()}, keys)
 
     def repeat_interleave(self, repeats: int) -> Condition:
         """Each condition repeated ``repeats`` times in a row (a group of G samples per condition)."""
         keys = tuple(k for k in self.keys for _ in range(repeats))
-        return Condition({k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()},
-                         self.height, self.width, keys)  # fmt: skip
+        return self._with({k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()}, keys)
 
     def to(self, device: torch.device | str) -> Condition:
-        return Condition({k: v.to(device) for k, v in self.tensors.items()}, self.height, self.width, self.keys)
+        return self._with({k: v.to(device) for k, v in self.tensors.items()}, self.keys)
 
     @staticmethod
     def cat(conditions: Sequence[Condition]) -> Condition:
-        """Concatenate along the batch; all must share the resolution and tensor names."""
+        """Concatenate along the batch; all must share the resolution and tensor names.
+
+        Sequence tensors named in ``seq_masks`` are right-padded to the longest length first (zeros, mask 0).
+        Raises ``ValueError`` for an empty list, mixed resolutions or different tensor names.
+        """
+        if not conditions:
+            raise ValueError("Condition.cat needs at least one condition")
         first = conditions[0]
         for c in conditions[1:]:
             if (c.height, c.width) != (first.height, first.width):
@@ -80,16 +102,37 @@ class Condition:
                     f"cannot batch conditions of {c.height}x{c.width} with {first.height}x{first.width}: "
                     "a batch holds one resolution (bucket the data set by resolution)"
                 )
-        tensors = {k: torch.cat([c.tensors[k] for c in conditions]) for k in first.tensors}
-        return Condition(tensors, first.height, first.width, tuple(k for c in conditions for k in c.keys))
+            if set(c.tensors) != set(first.tensors) or c.seq_masks != first.seq_masks:
+                raise ValueError(
+                    f"cannot batch conditions with tensors {sorted(c.tensors)} and {sorted(first.tensors)}: "
+                    "encode all of them with the same model and options"
+                )
+        padded = set(first.seq_masks) | set(first.seq_masks.values())
+        tensors = {k: _cat_padded([c.tensors[k] for c in conditions], k in padded) for k in first.tensors}
+        keys = tuple(k for c in conditions for k in c.keys)
+        return Condition(tensors, first.height, first.width, keys, dict(first.seq_masks))
+
+
+def _cat_padded(parts: Sequence[Tensor], pad: bool) -> Tensor:
+    """``torch.cat`` along dim 0; with ``pad``, dim 1 is first right-padded with zeros to the longest part."""
+    if pad:
+        longest = max(p.shape[1] for p in parts)
+        parts = [
+            torch.cat([p, p.new_zeros((p.shape[0], longest - p.shape[1], *p.shape[2:]))], dim=1)
+            if p.shape[1] < longest
+            else p
+            for p in parts
+        ]
+    return torch.cat(list(parts))
 
 
 def images_to_tensor(images: Any, *, size: tuple[int, int] | None = None) -> Tensor:
     """Images -> float32 ``[B, 3, H, W]`` in [0, 1].
 
-    Accepts a float tensor ``[B, 3, H, W]`` in [0, 1], a uint8 tensor/array ``[B, H, W, 3]``, or a sequence of
-    PIL images / uint8 arrays ``[H, W, 3]`` that all have one size. RGB only: a PIL image in another mode raises
-    ``ValueError`` naming the fix (``image.convert("RGB")``), as does a size other than ``size`` (H, W) when given.
+    Accepts a float tensor ``[B, 3, H, W]`` in [0, 1], a uint8 tensor ``[B, H, W, 3]``, or a sequence of PIL
+    images / uint8 arrays ``[H, W, 3]`` that all have one size. RGB only: a PIL image in another mode raises
+    ``ValueError`` naming the fix (``image.convert("RGB")``), as do float values outside [0, 1], images of several
+    sizes in one batch, and a size other than ``size`` (H, W) when given.
     """
     if isinstance(images, Tensor):
         tensor = images
@@ -101,7 +144,15 @@ def images_to_tensor(images: Any, *, size: tuple[int, int] | None = None) -> Ten
             raise ValueError(
                 f"image tensors must be float [B, 3, H, W] in [0, 1], got {tensor.dtype} {tuple(tensor.shape)}"
             )
+        elif tensor.numel() and bool((tensor.amin() < 0.0) | (tensor.amax() > 1.0)):
+            # one host sync per encoded batch (not in the rollout loop); [-1, 1] or 0-255 inputs are common slips
+            raise ValueError(
+                f"image values span [{float(tensor.amin()):.3g}, {float(tensor.amax()):.3g}]; pass float images in "
+                "[0, 1] (x / 255 for 0-255 values, (x + 1) / 2 for [-1, 1] values)"
+            )
     else:
+        if hasattr(images, "mode") or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]  # one PIL image or one [H, W, 3] array
         arrays = []
         for i, image in enumerate(images):
             mode = getattr(image, "mode", None)

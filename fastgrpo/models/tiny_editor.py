@@ -1,10 +1,11 @@
 """The built-in tiny editor: a small FLUX.1-Kontext-architecture transformer on 32x32 pixels.
 
-It runs through exactly the adapter code of FLUX.1 Kontext (:class:`~fastgrpo.models.flux_kontext.FluxKontextEditModel`:
-2x2 packing, the source image as context tokens, the same ``velocity``), with two substitutions that need no
-download: a pixel-space codec (:class:`~fastgrpo.models.tiny_text.PixelCodec`) instead of a VAE, and a word-level
-prompt encoder (:class:`~fastgrpo.models.tiny_text.VocabPromptEncoder`) instead of CLIP + T5. Its weights ship in
-``fastgrpo/models/weights/tiny_editor.safetensors`` and are rebuilt by ``python -m fastgrpo.models.tiny_pretrain``
+It runs through exactly the adapter code of FLUX.1 Kontext
+(:class:`~fastgrpo.models.flux_kontext.FluxKontextEditModel`: 2x2 packing, the source image as context tokens, the
+same ``velocity``), with two substitutions that need no download: a lossless pixel-space codec
+(:class:`~fastgrpo.models.tiny_text.PixelCodec`) instead of a VAE, and a word-level prompt encoder
+(:class:`~fastgrpo.models.tiny_text.VocabPromptEncoder`) instead of CLIP + T5. Its weights ship in
+``fastgrpo/models/weights/tiny_editor.safetensors`` and are rebuilt by ``python -m fastgrpo.train.pretrain_tiny``
 (supervised flow matching on the synthetic task of :mod:`fastgrpo.data.synthetic`).
 """
 
@@ -17,10 +18,11 @@ import torch
 
 TINY_SIZE = 32
 WEIGHTS = Path(__file__).parent / "weights" / "tiny_editor.safetensors"
-# 6 heads x 16 = hidden 96; rotary axes (4, 6, 6) split the 16-wide heads; 2x2 packing of 3 channels -> 12
+# 6 heads x 16 = hidden 96; rotary axes (4, 6, 6) split the 16-wide heads; 2x2 packing of the codec's
+# 12 channels (3 colours folded 2x2) -> 48 per token, 64 tokens for a 32x32 image
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": 1,
-    "in_channels": 12,
+    "in_channels": 48,
     "num_layers": 3,
     "num_single_layers": 3,
     "attention_head_dim": 16,
@@ -59,7 +61,10 @@ def build_tiny_editor(
         )
     if weights is not None:
         load_weights(transformer, encoder, weights)
-    transformer.to(device=device, dtype=dtype).eval()
+    transformer.to(device=device)
+    if dtype != torch.float32:
+        transformer.to(dtype=dtype)
+    transformer.eval()
     encoder.to(device=device).eval()
     for p in (*transformer.parameters(), *encoder.parameters()):
         p.requires_grad_(False)
@@ -75,7 +80,7 @@ def load_weights(transformer: torch.nn.Module, encoder: torch.nn.Module, path: s
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"tiny editor weights not found at {path}; rebuild them with `python -m fastgrpo.models.tiny_pretrain`"
+            f"tiny editor weights not found at {path}; rebuild them with `python -m fastgrpo.train.pretrain_tiny`"
         )
     state = load_file(str(path))
     for prefix, module in (("transformer.", transformer), ("prompt_encoder.", encoder)):

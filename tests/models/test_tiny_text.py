@@ -30,9 +30,11 @@ def test_too_long_instruction_is_refused():
         VocabPromptEncoder().token_ids([" ".join(["red"] * 13)])
 
 
-def test_pixel_codec_round_trip():
+@pytest.mark.parametrize("factor", [1, 2])
+def test_pixel_codec_round_trip(factor):
     images = torch.rand(2, 3, 8, 8)
-    codec = PixelCodec()
+    codec = PixelCodec(factor)
     latents = codec.encode(images)
+    assert latents.shape == (2, 3 * factor**2, 8 // factor, 8 // factor)
     assert latents.min() >= -1 and latents.max() <= 1
     torch.testing.assert_close(codec.decode(latents), images)
