@@ -1,4 +1,4 @@
-"""The ``fastgrpo`` command line: ``train`` and ``env``."""
+"""The ``fastgrpo`` command line: ``train``, ``env`` and ``data check``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Validate a data set and print its summary (the logic lives in :mod:`fastgrpo.data.check`)."""
+    from fastgrpo.data.check import run_check
+
+    return run_check(
+        args.path,
+        preset=args.preset,
+        root=args.root,
+        max_bad_fraction=args.max_bad_fraction,
+        as_json=args.json,
+        quick=args.quick,
+        buckets=args.buckets,
+    )
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect edit data sets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="validate a data set and print a summary (exit 1: too many bad)")
+    check.add_argument("path", help="a .jsonl/.json/.parquet file or a folder of them")
+    check.add_argument("--preset", default="auto", help="column layout (auto, fastgrpo, magicbrush, emu_edit, ...)")
+    check.add_argument("--root", default=None, help="folder image paths are relative to (default: the file's)")
+    check.add_argument("--max-bad-fraction", type=float, default=0.05, help="tolerated bad fraction (0.05 = 5%%)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--quick", action="store_true", help="read image headers only, do not decode pixels")
+    check.add_argument("--buckets", default=None, help="also count records per bucket, e.g. 512x512,768x512")
+    check.set_defaults(func=cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgrpo", description="Online GRPO for flow-matching image editors.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     env = sub.add_parser("env", help="print versions, devices, Triton mode and attention backends")
     env.set_defaults(func=cmd_env)
+    _add_data_parser(sub)
     return parser
 
 
