@@ -23,6 +23,8 @@ BASELINE = "flow_grpo_eager"
 PROVIDERS = (BASELINE, "torch_ref", "compiled_ref", "fused")  # display order
 SPEEDUP = f"speedup_vs_{BASELINE}"
 SUMMARY_FIELDS = ("median_s", "p20_s", "p80_s", "gbps", "frac_peak", "peak_mem_bytes", "compile_s")
+# Rates of the reward benchmarks (bench_rewards.py): the judge client and the CLIP reward.
+SUMMARY_FIELDS += ("requests_per_s", "overhead_per_request_s", "images_per_s")
 
 
 class ResultStore:
@@ -65,9 +67,13 @@ class ResultStore:
         os.replace(tmp, self.path)
 
     def table(self, providers: tuple[str, ...] = PROVIDERS) -> list[str]:
-        """Terminal lines: median milliseconds per provider, with the speedup against the baseline in brackets."""
+        """Terminal lines: median milliseconds per provider, with the speedup against the baseline in brackets.
+
+        Providers recorded but not in ``providers`` (such as the reward benchmarks') get columns after them."""
         if not self.cases:
             return []
+        seen = sorted({p for case in self.cases.values() for p in case if p not in providers})
+        providers = (*providers, *seen)
         width = max(len(k) for k in self.cases) + 2
         lines = ["case".ljust(width) + "".join(p.rjust(22) for p in providers)]
         for key in sorted(self.cases):

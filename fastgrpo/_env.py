@@ -45,3 +45,14 @@ def use_custom_ops() -> bool:
 def triton_interpret() -> bool:
     """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``, Triton's own variable)."""
     return _flag("TRITON_INTERPRET", False)
+
+
+def read_secret(variable: str) -> str | None:
+    """The value of the environment variable named ``variable`` (e.g. a judge's ``api_key_env``), or None.
+
+    For secrets such as API keys: the name comes from the config, the value is read when a client is built and is
+    never logged or put into an error message by fastgrpo.
+    """
+    if not isinstance(variable, str) or not variable:
+        raise ValueError(f"the name of an environment variable must be a non-empty string, got {variable!r}")
+    return os.environ.get(variable)
