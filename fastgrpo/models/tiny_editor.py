@@ -23,8 +23,8 @@ WEIGHTS = Path(__file__).parent / "weights" / "tiny_editor.safetensors"
 TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": 1,
     "in_channels": 48,
-    "num_layers": 3,
-    "num_single_layers": 3,
+    "num_layers": 2,
+    "num_single_layers": 2,
     "attention_head_dim": 16,
     "num_attention_heads": 6,
     "joint_attention_dim": 32,

@@ -1,0 +1,49 @@
+"""The built-in tiny editor: shipped weights, the Kontext code path, its pre-training script, its edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastgrpo.data.synthetic import SyntheticEditTask
+from fastgrpo.models import tiny_editor
+from fastgrpo.models.flux_kontext import FluxKontextEditModel
+from fastgrpo.train.pretrain_tiny import HELD_OUT_SEED_OFFSET, PretrainConfig, evaluate, pretrain
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return tiny_editor.build_tiny_editor()
+
+
+def test_shipped_weights_are_small_and_load_into_the_kontext_adapter(shipped):
+    assert tiny_editor.WEIGHTS.stat().st_size < 8 * 2**20
+    assert isinstance(shipped, FluxKontextEditModel) and shipped.model_type == "flux_kontext"
+    assert not any(p.requires_grad for p in shipped.transformer.parameters())
+    n, c = shipped.latent_shape(tiny_editor.TINY_SIZE, tiny_editor.TINY_SIZE)
+    assert (n, c) == (64, 48)
+
+
+def test_missing_weights_name_the_rebuild_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m fastgrpo\.train\.pretrain_tiny"):
+        tiny_editor.build_tiny_editor(tmp_path / "absent.safetensors")
+
+
+def test_pretraining_script_writes_loadable_weights(tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    cfg = PretrainConfig(steps=3, batch=4, warmup=1, eval_every=3, eval_samples=2, out=str(out))
+    result = pretrain(cfg, log=lambda *_: None)
+    assert set(result) == {"region", "shape", "edit", "keep"}
+    model = tiny_editor.build_tiny_editor(out)
+    random = tiny_editor.build_tiny_editor(None)
+    pairs = zip(model.transformer.parameters(), random.transformer.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
+
+
+def test_held_out_edits_beat_copying_the_source(shipped):
+    # the rule reward gives an unedited copy of the source 0.25 (keep only) and the ground truth 1.0
+    held_out = SyntheticEditTask(size=tiny_editor.TINY_SIZE, seed=HELD_OUT_SEED_OFFSET)
+    result = evaluate(shipped, [held_out.sample(i) for i in range(16)], seed=0)
+    score = 0.75 * result["edit"] + 0.25 * result["keep"]
+    assert result["keep"] > 0.8, result
+    assert score > 0.35, result
