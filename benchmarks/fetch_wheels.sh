@@ -2,7 +2,8 @@
 # Fill .wheels/ with the wheels the offline GPU machine lacks (run on a development machine with network access).
 #
 # The GPU machine has torch, triton, peft, transformers, accelerate, safetensors, pytest and pytest-benchmark but not
-# diffusers, open_clip_torch or nvtx (nor ftfy, timm, wcwidth, which open_clip_torch needs). This downloads those
+# diffusers, open_clip_torch or nvtx (nor ftfy, timm, wcwidth, which open_clip_torch needs, nor httpx and its own
+# dependencies, which the reward judge needs). This downloads those
 # packages (no dependencies) at the versions installed in the project's virtual environment, as wheels only. nvtx
 # is compiled, so it is fetched once per Python version in WHEEL_PYTHON_VERSIONS; device_check.sh lets pip choose
 # the one that fits. Carry .wheels/ to the machine (it is git-ignored), then run benchmarks/device_check.sh.
@@ -22,7 +23,7 @@ if [[ "${1:-}" == "--print" ]]; then
     PRINT_ONLY=1
     shift
 fi
-PACKAGES=(diffusers open_clip_torch nvtx ftfy timm wcwidth "$@")
+PACKAGES=(diffusers open_clip_torch nvtx ftfy timm wcwidth httpx httpcore h11 anyio "$@")
 
 # name==version for each package, from `pip freeze` (names compared the way pip normalises them: - _ . alike)
 normalise() { tr '[:upper:]_.' '[:lower:]--' <<<"$1"; }
