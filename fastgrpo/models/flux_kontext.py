@@ -28,7 +28,7 @@ from torch import Tensor
 from fastgrpo.models.base import Condition, EditModel, images_to_tensor
 from fastgrpo.models.codecs import LatentCodec
 from fastgrpo.models.lora import FLUX_TARGET_MODULES, LoRAAdapterMixin
-from fastgrpo.models.packing import pack_latents, patch_position_ids, unpack_latents
+from fastgrpo.models.packing import PackedLatentsMixin, pack_latents, patch_position_ids
 from fastgrpo.models.prompts import PromptEncoder
 
 PIPELINE_CLASSES = ("FluxKontextPipeline",)
@@ -59,7 +59,7 @@ def model_timestep(t: Tensor, scheduler_config: Mapping[str, Any], dtype: torch.
     return (t.float() * steps).to(dtype) / 1000
 
 
-class FluxKontextEditModel(LoRAAdapterMixin, EditModel):
+class FluxKontextEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
     """FLUX.1 Kontext from components (see the module docstring for the exact semantics).
 
     Args:
@@ -117,24 +117,6 @@ class FluxKontextEditModel(LoRAAdapterMixin, EditModel):
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(self._scheduler_config)
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the codec factor times the 2x2 patch."""
-        return self.codec.spatial_factor * 2
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(N, C) = ((H / m) (W / m), 4 C_latent)`` with ``m`` = :attr:`size_multiple`; ``ValueError`` if not
-        multiples of ``m``."""
-        m = self.size_multiple
-        if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive integers, got {height!r} x {width!r}")
-        if height % m or width % m:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of {m} ({self.model_type}: VAE factor "
-                f"{self.codec.spatial_factor} x 2x2 patches); resize or crop to multiples of {m}"
-            )
-        return (height // m) * (width // m), 4 * self.codec.latent_channels
 
     def condition_key(self, source_id: str, instruction: str) -> str:
         """``json [source_id, instruction]``: the condition holds the source latents as well as the text."""
@@ -228,13 +210,6 @@ class FluxKontextEditModel(LoRAAdapterMixin, EditModel):
             **kwargs,
         )[0]
         return out[:, : x.shape[1]]
-
-    @torch.no_grad()
-    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
-        """Packed ``[B, N, C]`` -> float32 images ``[B, 3, H, W]`` in [0, 1]."""
-        self.latent_shape(height, width)
-        f = self.codec.spatial_factor
-        return self.codec.decode(unpack_latents(latents, height // f, width // f))
 
     # loading -------------------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ each token holding its patch as ``(c, dy, dx)`` (channel slowest): the layout of
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -61,3 +63,38 @@ def patch_position_ids(
     ids[..., 1] = torch.arange(grid_height, dtype=ids.dtype)[:, None]
     ids[..., 2] = torch.arange(grid_width, dtype=ids.dtype)[None, :]
     return ids.reshape(grid_height * grid_width, 3).to(device=device, dtype=dtype)
+
+
+class PackedLatentsMixin:
+    """Shape checks and decoding shared by adapters whose transformer reads 2x2-packed codec latents.
+
+    Needs ``self.codec`` (a :class:`~fastgrpo.models.codecs.LatentCodec`) and ``self.model_type``.
+    """
+
+    codec: Any
+    model_type: str
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the codec's spatial factor times the 2x2 patch."""
+        return self.codec.spatial_factor * 2
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        """``(N, C) = ((H / m) (W / m), 4 C_latent)`` with ``m`` = :attr:`size_multiple`; ``ValueError`` if the
+        size is not a positive multiple of ``m``."""
+        m = self.size_multiple
+        if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive integers, got {height!r} x {width!r}")
+        if height % m or width % m:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of {m} ({self.model_type}: VAE factor "
+                f"{self.codec.spatial_factor} x 2x2 patches); resize or crop to multiples of {m}"
+            )
+        return (height // m) * (width // m), 4 * self.codec.latent_channels
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
+        """Packed ``[B, N, C]`` -> float32 images ``[B, 3, H, W]`` in [0, 1]."""
+        self.latent_shape(height, width)
+        f = self.codec.spatial_factor
+        return self.codec.decode(unpack_latents(latents, height // f, width // f))

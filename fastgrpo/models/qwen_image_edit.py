@@ -32,7 +32,7 @@ from fastgrpo.models.base import Condition, EditModel, images_to_tensor
 from fastgrpo.models.codecs import LatentCodec
 from fastgrpo.models.flux_kontext import check_velocity_inputs, model_timestep
 from fastgrpo.models.lora import QWEN_TARGET_MODULES, LoRAAdapterMixin
-from fastgrpo.models.packing import pack_latents, unpack_latents
+from fastgrpo.models.packing import PackedLatentsMixin, pack_latents
 from fastgrpo.models.prompts import ImagePromptEncoder
 
 PIPELINE_CLASSES = ("QwenImageEditPipeline",)
@@ -55,7 +55,7 @@ def _checked_embeds(prompt_embeds: Mapping[str, Tensor], prefix: str, batch: int
     return embeds, mask.to(torch.int64)
 
 
-class QwenImageEditModel(LoRAAdapterMixin, EditModel):
+class QwenImageEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
     """Qwen-Image-Edit from components (see the module docstring for the exact semantics).
 
     Args:
@@ -121,23 +121,6 @@ class QwenImageEditModel(LoRAAdapterMixin, EditModel):
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(self._scheduler_config)
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: the VAE factor times the 2x2 patch (16 for Qwen-Image)."""
-        return self.codec.spatial_factor * 2
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(N, C) = ((H / m) (W / m), 4 C_latent)``, ``m`` = :attr:`size_multiple`; ``ValueError`` otherwise."""
-        m = self.size_multiple
-        if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive integers, got {height!r} x {width!r}")
-        if height % m or width % m:
-            raise ValueError(
-                f"image size {height}x{width} is not a multiple of {m} (qwen_image_edit: VAE factor "
-                f"{self.codec.spatial_factor} x 2x2 patches); resize or crop to multiples of {m}"
-            )
-        return (height // m) * (width // m), 4 * self.codec.latent_channels
 
     def condition_key(self, source_id: str, instruction: str) -> str:
         """``json [source_id, instruction]``: the text embedding itself depends on the source image."""
@@ -243,13 +226,6 @@ class QwenImageEditModel(LoRAAdapterMixin, EditModel):
             comb, dim=-1, keepdim=True
         )
         return (comb * scale).to(v.dtype)
-
-    @torch.no_grad()
-    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
-        """Packed ``[B, N, C]`` -> float32 images ``[B, 3, H, W]`` in [0, 1]."""
-        self.latent_shape(height, width)
-        f = self.codec.spatial_factor
-        return self.codec.decode(unpack_latents(latents, height // f, width // f))
 
     # loading -------------------------------------------------------------------------------------------------
 
