@@ -44,8 +44,8 @@ def check_velocity_inputs(model: EditModel, x_t: Tensor, t: Tensor, cond: Condit
             f"x_t must be packed latents [{cond.batch_size}, {n}, {c}] for {cond.batch_size} conditions at "
             f"{cond.height}x{cond.width}, got {tuple(x_t.shape)}"
         )
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t))
+    if not isinstance(t, Tensor):  # a fill on the device: no host-to-device copy
+        t = torch.full((x_t.shape[0],), float(t), dtype=torch.float32, device=x_t.device)
     if t.dim() == 0:
         t = t.expand(x_t.shape[0])
     if t.dim() != 1 or t.shape[0] != x_t.shape[0]:
