@@ -10,7 +10,9 @@ Cases, each timed forward (``fwd``) and, where a gradient flows, forward plus ba
 
 Providers: ``flow_grpo_eager`` (``flow_grpo_baseline.py``, the comparison point), ``torch_ref`` (public API,
 ``backend="torch"``), ``compiled_ref`` (``torch.compile`` of the references in ``fastgrpo.kernels.*.naive``, warmed
-up before timing), ``fused`` (public API, ``backend="triton"``; CUDA only, skipped with the reason elsewhere).
+up before timing), ``fused`` (public API, ``backend="triton"``; CUDA only, skipped with the reason elsewhere),
+``cuda`` (public API, ``backend="cuda"``: the native kernels of ``csrc/``; latent cases only, skipped unless CUDA
+and the built library are present).
 KLs use ``form="flow_grpo"`` because that is what the baseline computes. Gradient cases run the forward with
 ``requires_grad`` inputs, as training does.
 
@@ -39,7 +41,7 @@ from summary import PROVIDERS
 from torch import Tensor
 from traffic import Call, ideal_bytes
 
-from fastgrpo.kernels import grpo_loss, logprob_kl, noise_state, sde_step, step_logprob, velocity_kl
+from fastgrpo.kernels import cuda_backend, grpo_loss, logprob_kl, noise_state, sde_step, step_logprob, velocity_kl
 from fastgrpo.kernels.grpo.naive import grpo_loss_ref
 from fastgrpo.kernels.sde import naive
 from fastgrpo.kernels.sde.philox import philox_normal
@@ -134,6 +136,7 @@ def _sde_seed_providers() -> dict[str, Provider]:
         "torch_ref": api("torch"),
         "compiled_ref": Provider(compiled, _const(Call(reads=("x", "v", "state"), writes=("x_next", "logp")))),
         "fused": api("triton"),
+        "cuda": api("cuda"),
     }
 
 
@@ -158,6 +161,7 @@ def _sde_noise_providers() -> dict[str, Provider]:
         "torch_ref": api("torch"),
         "compiled_ref": Provider(compiled, traffic),
         "fused": api("triton"),
+        "cuda": api("cuda"),
     }
 
 
@@ -198,6 +202,7 @@ def _fused_call_providers() -> dict[str, Provider]:
         "torch_ref": api("torch"),
         "compiled_ref": Provider(compiled, _const(FUSED_LOGPROB_KL)),
         "fused": api("triton"),
+        "cuda": api("cuda"),
     }
 
 
@@ -224,6 +229,7 @@ def _separate_call_providers() -> dict[str, Provider]:
         "torch_ref": api("torch"),
         "compiled_ref": Provider(compiled, _const(*SEPARATE_LOGPROB_KL)),
         "fused": api("triton"),
+        "cuda": api("cuda"),
     }
 
 
@@ -326,9 +332,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for mode in case.modes:
             for dtype in settings.dtypes if case.latent else ("fp32",):
                 for batch in settings.batches:
-                    for provider in PROVIDERS:
+                    for provider in (p for p in PROVIDERS if p in case.providers):
                         spec = Spec(case.name, mode, dtype, batch, provider)
-                        marks = [pytest.mark.gpu] if provider == "fused" else []
+                        marks = [pytest.mark.gpu] if provider in ("fused", "cuda") else []
                         params.append(pytest.param(spec, id=spec.id, marks=marks))
     metafunc.parametrize("spec", params)
 
@@ -336,6 +342,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _skip_unavailable(spec: Spec, settings: BenchSettings) -> None:
     if spec.provider == "fused" and settings.fused_skip_reason:
         pytest.skip(settings.fused_skip_reason)
+    if spec.provider == "cuda" and (settings.device != "cuda" or not cuda_backend.is_available()):
+        pytest.skip(f"the native CUDA kernels need a GPU and a built library ({cuda_backend.library_path()})")
     if spec.provider == "compiled_ref" and (
         spec.batch not in settings.compiled_batches or spec.dtype not in settings.compiled_dtypes
     ):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 BASELINE = "flow_grpo_eager"
-PROVIDERS = (BASELINE, "torch_ref", "compiled_ref", "fused")  # display order
+PROVIDERS = (BASELINE, "torch_ref", "compiled_ref", "fused", "cuda")  # display order
 SPEEDUP = f"speedup_vs_{BASELINE}"
 SUMMARY_FIELDS = ("median_s", "p20_s", "p80_s", "gbps", "frac_peak", "peak_mem_bytes", "compile_s")
 # Rates of the reward benchmarks (bench_rewards.py): the judge client and the CLIP reward.

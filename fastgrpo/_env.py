@@ -42,6 +42,15 @@ def use_custom_ops() -> bool:
     return _flag("FASTGRPO_CUSTOM_OPS", True)
 
 
+def cuda_lib() -> str | None:
+    """``FASTGRPO_CUDA_LIB``: path of the native kernel library (``libfastgrpo_cuda.so``) for ``backend="cuda"``.
+
+    Unset or empty: the library is looked for in the default CMake build folder, ``build/`` at the repository root.
+    """
+    raw = os.environ.get("FASTGRPO_CUDA_LIB", "").strip()
+    return raw or None
+
+
 def triton_interpret() -> bool:
     """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``, Triton's own variable)."""
     return _flag("TRITON_INTERPRET", False)

@@ -2,7 +2,8 @@
 
 Public API (../SPEC.md): :func:`sde_step`, :func:`step_logprob`, :func:`velocity_kl`, :func:`grpo_loss`, plus
 the fused :func:`logprob_kl` (log-prob and KL from one read of ``v``) and :func:`noise_state` (a device-side
-generator state for in-kernel noise). Each takes ``backend="auto" | "triton" | "torch"``.
+generator state for in-kernel noise). Each takes ``backend="auto" | "triton" | "torch" | "cuda"``
+(``"cuda"``: the optional native kernels built from ``csrc/`` with CMake, see :mod:`fastgrpo.kernels.cuda_backend`).
 """
 
 from fastgrpo.kernels.grpo import GRPOStats, grpo_loss

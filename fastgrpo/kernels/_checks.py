@@ -14,7 +14,7 @@ import torch
 
 from fastgrpo import _env
 
-Backend = Literal["auto", "triton", "torch"]
+Backend = Literal["auto", "triton", "torch", "cuda"]
 Reduction = Literal["mean", "sum"]
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -22,11 +22,22 @@ TIME_DTYPES = (torch.float32, torch.float64)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Return ``"triton"`` or ``"torch"`` for ``backend`` on ``device`` (ValueError if impossible)."""
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend={backend!r} is not one of 'auto', 'triton', 'torch'")
+    """Return ``"triton"``, ``"torch"`` or ``"cuda"`` for ``backend`` on ``device`` (ValueError if impossible).
+
+    ``"cuda"`` (the native library built from ``csrc/`` with CMake) is never the ``"auto"`` choice: Triton is the
+    tested default, the native kernels are its yardstick and the fallback where Triton cannot compile.
+    """
+    if backend not in ("auto", "triton", "torch", "cuda"):
+        raise ValueError(f"backend={backend!r} is not one of 'auto', 'triton', 'torch', 'cuda'")
     if backend == "torch":
         return "torch"
+    if backend == "cuda":
+        from fastgrpo.kernels import cuda_backend
+
+        cuda_backend.library()  # ValueError naming the build command when it is not built
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got {device.type}; move them or pass backend='torch'")
+        return "cuda"
     has_triton = importlib.util.find_spec("triton") is not None
     if backend == "auto":
         return "triton" if (device.type == "cuda" and has_triton) else "torch"

@@ -80,7 +80,7 @@ def grpo_loss(
             raise ValueError(f"{name} must be a non-negative float, got {value!r}")
     if clip_low >= 1.0:
         raise ValueError(f"clip_low must be < 1 (the ratio's lower bound is 1 - clip_low), got {clip_low}")
-    if _checks.resolve_backend(backend, logp.device) == "torch":
+    if _checks.resolve_backend(backend, logp.device) in ("torch", "cuda"):  # no native twin: [B] values only
         loss, stats = naive.grpo_loss_ref(logp, old_logp, adv, clip_low=clip_low, clip_high=clip_high, kl=kl, beta=beta)
         return loss, GRPOStats(stats)
     params = ops.LossParams(float(clip_low), float(clip_high), float(beta))

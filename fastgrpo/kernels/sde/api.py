@@ -5,7 +5,8 @@ sampling runs from t = 1 to t = 0 so ``dt = t_next - t < 0``. Latents ``x, v`` a
 float32/bfloat16/float16 (any trailing shape; rows need not be contiguous across the batch); times are python
 floats, 0-d tensors or ``[B]`` float32 tensors on the latents' device. All math is float32. Results ``[B]`` are
 float32. ``backend``: ``"auto"`` (Triton on CUDA, the PyTorch reference elsewhere), ``"triton"`` (CUDA, or CPU
-under ``TRITON_INTERPRET=1``) or ``"torch"``.
+under ``TRITON_INTERPRET=1``), ``"torch"``, or ``"cuda"`` (the native kernels built from ``csrc/`` with CMake,
+CUDA tensors only; ``fastgrpo.kernels.cuda_backend``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastgrpo.kernels import _checks
+from fastgrpo.kernels import _checks, cuda_backend
 from fastgrpo.kernels.sde import naive, ops
 from fastgrpo.kernels.sde.philox import philox_normal
 
@@ -97,9 +98,10 @@ def sde_step(
         noise = torch.randn(x.shape, dtype=torch.float32, device=x.device)
     use = _checks.resolve_backend(backend, x.device)
     with torch.no_grad():
-        if use == "triton":
+        if use in ("triton", "cuda"):
             noise_rows = _checks.rows(noise) if noise is not None else None
-            x_next, logp = ops.sde_step_triton(
+            step = ops.sde_step_triton if use == "triton" else cuda_backend.sde_step_cuda
+            x_next, logp = step(
                 _checks.rows(x), _checks.rows(v), tt.contiguous(), tn.contiguous(), noise_rows, state,
                 noise_level, t_cap, seed_int, offset_int, mean,
             )  # fmt: skip
@@ -151,14 +153,16 @@ def _logprob_kl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, reduction, f
         raise ValueError(f"form={form!r} is not one of 'exact', 'flow_grpo'")
     noise_level, t_cap = _checks.check_sde_params(noise_level, t_cap, need_noise=True)
     tt, tn = _checks.check_times(t, t_next, v.shape[0], v.device)
-    if _checks.resolve_backend(backend, v.device) == "torch":
+    use = _checks.resolve_backend(backend, v.device)
+    if use == "torch":
         kw = {"noise_level": noise_level, "t_cap": t_cap, "reduction": reduction}
         logp = None if x is None else naive.step_logprob_ref(x_next, x, v, tt, tn, **kw)
         kl = None if v_ref is None else naive.velocity_kl_ref(v, v_ref, tt, tn, form=form, **kw)
         return logp, kl
     rows = _checks.rows
     params = ops.StepParams(noise_level, t_cap, mean, form == "exact")
-    logp, kl = ops.logprob_kl_triton(
+    fused = ops.logprob_kl_triton if use == "triton" else cuda_backend.logprob_kl_cuda
+    logp, kl = fused(
         rows(x_next) if x_next is not None else None, rows(x) if x is not None else None, rows(v),
         rows(v_ref) if v_ref is not None else None, tt.contiguous(), tn.contiguous(), params,
     )  # fmt: skip

@@ -34,7 +34,7 @@ def _coefficients(t, t_next, noise_level, t_cap):
 
 @triton.jit
 def _uniform(w):
-    # uint32 word -> float32 uniform in (0, 1): (w >> 8 + 0.5) * 2^-24, exact and never 0.
+    # uint32 word -> float32 uniform in (0, 1]: (w >> 8 + 0.5) * 2^-24, never 0 (so the log is finite).
     return ((w >> 8).to(tl.float32) + 0.5) * INV_2_24
 
 

@@ -9,7 +9,8 @@ Layout (``NOISE_TILE = 4096`` elements, ``Q = 1024``): element ``e`` lies in til
 "Parallel random numbers: as easy as 1, 2, 3", SC 2011) with key ``(seed mod 2**32, seed >> 32)`` and counter
 ``(j, b, offset mod 2**32, offset >> 32)`` gives four 32-bit words; Box-Muller turns words (0, 1) into the normals
 of quarters 0 (cos) and 1 (sin), words (2, 3) into those of quarters 2 and 3. A word ``w`` becomes the uniform
-``u = (floor(w / 256) + 0.5) * 2**-24`` in (0, 1), exact in float32 and never 0, so normals are bounded by
+``u = (floor(w / 256) + 0.5) * 2**-24`` in (0, 1] (computed in float32: never 0; the largest words round to exactly
+1, which Box-Muller maps to a normal of 0), so normals are bounded by
 ``sqrt(-2 log 2**-25) ~= 5.9``.
 """
 
@@ -64,12 +65,12 @@ def philox4x32(
 
 
 def words_to_uniform(w: torch.Tensor) -> torch.Tensor:
-    """uint32 words (as int64) -> float32 uniforms in (0, 1), exactly ``(w >> 8 + 0.5) * 2**-24``."""
+    """uint32 words (as int64) -> float32 uniforms in (0, 1]: ``(w >> 8 + 0.5) * 2**-24`` rounded to float32."""
     return ((w >> 8).to(torch.float32) + 0.5) * (2.0**-24)
 
 
 def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent standard normals from two uniforms in (0, 1) (float32)."""
+    """Two independent standard normals from two uniforms in (0, 1] (float32)."""
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
     return r * torch.cos(theta), r * torch.sin(theta)
