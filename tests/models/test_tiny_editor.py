@@ -41,9 +41,10 @@ def test_pretraining_script_writes_loadable_weights(tmp_path):
 
 
 def test_held_out_edits_beat_copying_the_source(shipped):
-    # the rule reward gives an unedited copy of the source 0.25 (keep only) and the ground truth 1.0
+    # the rule reward gives an unedited copy of the source 0.25 (keep only) and the ground truth 1.0; the shipped
+    # weights score 0.66 on these 16 samples (0.66 on 48): competent, with room for RL
     held_out = SyntheticEditTask(size=tiny_editor.TINY_SIZE, seed=HELD_OUT_SEED_OFFSET)
     result = evaluate(shipped, [held_out.sample(i) for i in range(16)], seed=0)
     score = 0.75 * result["edit"] + 0.25 * result["keep"]
-    assert result["keep"] > 0.8, result
-    assert score > 0.35, result
+    assert result["keep"] > 0.9, result
+    assert 0.5 < score < 0.95, result
