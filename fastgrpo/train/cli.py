@@ -42,11 +42,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Placeholder until the trainer lands: say plainly what exists and what does not."""
     print(
-        "fastgrpo train: the GRPO training loop is not implemented yet in this version.\n"
-        "Available now: fastgrpo.kernels (fused SDE step, log-prob/KL and GRPO loss with Triton kernels and\n"
-        "PyTorch references) and fastgrpo.core (schedules, group advantages, the per-step objective).\n"
-        "Coming: the FLUX.1 Kontext / Qwen-Image-Edit adapters and a built-in tiny editor, rewards, data sets,\n"
-        "and this command training the tiny editor on a CPU by default. Nothing was trained."
+        "fastgrpo train: the GRPO training loop is not implemented yet in this version. Nothing was trained.\n"
+        "Available now: fastgrpo.kernels (fused SDE step, log-prob/KL, GRPO loss), fastgrpo.core (schedules,\n"
+        "advantages, the per-step objective), fastgrpo.models (FLUX.1 Kontext, Qwen-Image-Edit, the built-in tiny\n"
+        "editor, LoRA), fastgrpo.rewards (MLLM judge, CLIP, rule rewards), fastgrpo.data (data sets, buckets, the\n"
+        "group sampler; `fastgrpo data check`), fastgrpo.train.config (configs/*.yaml).\n"
+        "Coming: this command running the loop, by default on the tiny editor with the synthetic task on a CPU."
     )
     return 0
 
