@@ -24,11 +24,12 @@ from fastgrpo.models.base import Condition, EditModel
 _MIN, _MAX = STAT_NAMES.index("ratio_min"), STAT_NAMES.index("ratio_max")
 
 
-def _micro_batches(batch: int, size: int | None) -> list[Tensor]:
+def _micro_batches(batch: int, size: int | None, device: torch.device) -> list[Tensor]:
+    """Row indices of each micro-batch, made on ``device`` (no host-to-device copy)."""
     size = batch if size is None else size
     if size < 1:
         raise ValueError(f"micro_batch must be >= 1 (or None for the whole batch), got {size}")
-    return [torch.arange(start, min(start + size, batch)) for start in range(0, batch, size)]
+    return [torch.arange(start, min(start + size, batch), device=device) for start in range(0, batch, size)]
 
 
 def grpo_backward(
@@ -65,7 +66,7 @@ def grpo_backward(
     totals = torch.zeros(len(STAT_NAMES), dtype=torch.float32, device=device)
     low = torch.full((), float("inf"), device=device)
     high = torch.full((), float("-inf"), device=device)
-    chunks = [rows.to(device) for rows in _micro_batches(batch, micro_batch)]
+    chunks = _micro_batches(batch, micro_batch, device)
     conds = [cond.index_select(rows) for rows in chunks]
     times = rollout.times
     for k in steps:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import replay_sde_graph
 
 from fastgrpo.kernels import _checks, cuda_backend, logprob_kl, sde_step, step_logprob
 from fastgrpo.kernels.sde import naive
@@ -294,25 +295,9 @@ def test_mixed_dtypes_and_4d_latents(on_gpu):
 def test_cuda_graph_replay_draws_fresh_noise(on_gpu):
     x, v, t, tn = _latents(4, 4096 + 512, torch.bfloat16)
     state = torch.tensor([5, 0], dtype=torch.int64, device="cuda")
-    static = {}
-
-    def step():
-        static["out"] = sde_step(x, v, t, tn, seed=state, backend="cuda", **KW)
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    state.copy_(torch.tensor([5, 100], device="cuda"))
-    draws = []
-    for _ in range(2):
-        graph.replay()
-        draws.append(static["out"][0].clone())
-    torch.cuda.synchronize()
+    draws = replay_sde_graph(
+        lambda: sde_step(x, v, t, tn, seed=state, backend="cuda", **KW), state, offset=100, replays=2
+    )
     assert state.tolist() == [5, 102]  # each replay reads the offset on the device and advances it
     assert not torch.equal(draws[0], draws[1])
     for k, draw in enumerate(draws):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import replay_sde_graph
 
 from fastgrpo.kernels import grpo_loss, logprob_kl, noise_state, sde_step, step_logprob
 from fastgrpo.kernels.sde import naive
@@ -53,25 +54,9 @@ def test_fused_backward_matches_reference():
 def test_cuda_graph_replay_draws_fresh_noise_reproducibly():
     x, v, t, tn = _batch(b=4, tokens=256)
     state = noise_state(5, device="cuda")
-    static = {}
-
-    def step():
-        static["out"] = sde_step(x, v, t, tn, seed=state, backend="triton", **KW)
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up (compiles the kernels) outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    state.copy_(torch.tensor([5, 100], device="cuda"))
-    draws = []
-    for _ in range(3):
-        graph.replay()
-        draws.append(static["out"][0].clone())
-    torch.cuda.synchronize()
+    draws = replay_sde_graph(
+        lambda: sde_step(x, v, t, tn, seed=state, backend="triton", **KW), state, offset=100, replays=3
+    )
     assert state.tolist() == [5, 103]
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     for k, draw in enumerate(draws):
