@@ -1,12 +1,14 @@
-"""The ``fastgrpo`` command line: ``train``, ``env`` and ``data check``."""
+"""The ``fastgrpo`` command line: ``train``, ``eval``, ``env`` and ``data check``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import sys
+from typing import Any
 
 _PACKAGES = ("torch", "triton", "diffusers", "peft", "open_clip_torch", "nvtx", "safetensors", "xformers", "flash-attn")
 
@@ -39,17 +41,75 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_cli_config(args: argparse.Namespace) -> Any:
+    from fastgrpo.train.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "output_dir", None):
+        overrides.append(f"logging.output_dir={args.output_dir}")
+    if getattr(args, "profile_steps", None):
+        overrides.append(f"profile.steps={args.profile_steps}")
+    return load_config(args.config, overrides)
+
+
+def _fail(command: str, error: BaseException) -> int:
+    print(f"fastgrpo {command}: error: {error}", file=sys.stderr)
+    return 2 if isinstance(error, ValueError) else 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Placeholder until the trainer lands: say plainly what exists and what does not."""
-    print(
-        "fastgrpo train: the GRPO training loop is not implemented yet in this version. Nothing was trained.\n"
-        "Available now: fastgrpo.kernels (fused SDE step, log-prob/KL, GRPO loss), fastgrpo.core (schedules,\n"
-        "advantages, the per-step objective), fastgrpo.models (FLUX.1 Kontext, Qwen-Image-Edit, the built-in tiny\n"
-        "editor, LoRA), fastgrpo.rewards (MLLM judge, CLIP, rule rewards), fastgrpo.data (data sets, buckets, the\n"
-        "group sampler; `fastgrpo data check`), fastgrpo.train.config (configs/*.yaml).\n"
-        "Coming: this command running the loop, by default on the tiny editor with the synthetic task on a CPU."
-    )
+    """``fastgrpo train``: GRPO on the config (the built-in demo by default); resumes a run directory."""
+    import logging
+
+    from fastgrpo.train.checkpoint import CheckpointError
+    from fastgrpo.train.run_dir import RunDirError
+    from fastgrpo.train.trainer import TrainingError, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _load_cli_config(args)
+        result = train(cfg)
+    except (ValueError, TrainingError, CheckpointError, RunDirError, FileNotFoundError) as error:
+        return _fail("train", error)
+    if os.environ.get("RANK", "0") == "0":
+        summary = f"done: {result.steps_done} iterations in {result.run_dir}"
+        if result.initial_eval is not None and result.final_eval is not None:
+            summary += f"; evaluation reward {result.initial_eval:.4f} -> {result.final_eval:.4f}"
+        if result.stopped_by:
+            summary = (
+                f"stopped by {result.stopped_by} after {result.steps_done} iterations; resume with the same command"
+            )
+        print(summary, file=sys.stderr)
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``fastgrpo eval``: ODE evaluation with ``eval_steps`` of the base model, a LoRA or a checkpoint."""
+    import json
+
+    from fastgrpo.train.evaluate import run_evaluation
+
+    try:
+        cfg = _load_cli_config(args)
+        result = run_evaluation(cfg, lora=args.lora, checkpoint=args.checkpoint, data=args.data, limit=args.limit)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        return _fail("eval", error)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"evaluation reward {result['eval_reward_mean']:.4f} on {result['eval_conditions']} conditions "
+            f"({result['eval_steps']} ODE steps, {result['weights']})"
+        )
+        for key, value in sorted(result.items()):
+            if key.startswith("eval/"):
+                print(f"  {key[5:]:<24} {value:.4f}")
+    return 0
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (default: the built-in demo, configs/demo.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. grpo.beta=0")
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -85,7 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgrpo", description="Online GRPO for flow-matching image editors.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a LoRA with GRPO (default: the built-in tiny editor on CPU)")
+    _add_config_args(train)
+    train.add_argument("--output-dir", default=None, help="parent of run directories (logging.output_dir)")
+    train.add_argument("--profile-steps", default=None, metavar="A:B",
+                       help="iterations [A, B) between cudaProfilerStart/Stop (profile.steps), for "
+                            "nsys profile --capture-range=cudaProfilerApi")  # fmt: skip
     train.set_defaults(func=cmd_train)
+    evaluate = sub.add_parser("eval", help="ODE evaluation of the base model, a LoRA or a checkpoint")
+    _add_config_args(evaluate)
+    weights = evaluate.add_mutually_exclusive_group()
+    weights.add_argument("--lora", default=None, help="a LoRA directory (diffusers format, e.g. RUN/lora)")
+    weights.add_argument("--checkpoint", default=None, help="a checkpoint directory (RUN/checkpoints/step-N)")
+    evaluate.add_argument("--data", default=None, help="a data file/folder to evaluate (default: the held-out set)")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate at most this many conditions")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=cmd_eval)
     env = sub.add_parser("env", help="print versions, devices, Triton mode and attention backends")
     env.set_defaults(func=cmd_env)
     _add_data_parser(sub)

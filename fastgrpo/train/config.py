@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -327,14 +325,7 @@ def save_resolved_config(cfg: TrainConfig, run_dir: str | Path) -> Path:
     target = run_dir / CONFIG_FILENAME
     text = "# resolved fastgrpo training config of this run; reload it with load_config(path)\n"
     text += dump_yaml(config_to_dict(cfg))
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{CONFIG_FILENAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from fastgrpo.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(target, text.encode("utf-8"))
     return target

@@ -143,6 +143,9 @@ class SamplerConfig:
         train_fraction: fraction of the window's steps trained per iteration (a fresh random subset each time, at
             least one step); 1 trains them all. Fewer steps mean fewer transformer passes with gradient.
         seed: seed of the rollout noise; null derives it from ``runtime.seed``.
+        rollout_batch: samples per rollout forward (must divide ``P * G``); null rolls all ``P * G`` out at once.
+            With several chunks, the rewards of one chunk are computed while the next one rolls out. The rollout
+            noise is keyed by chunk, so runs that agree on it draw the same noise whatever the number of ranks.
     """
 
     group_size: int = 8
@@ -152,6 +155,7 @@ class SamplerConfig:
     sde_window: tuple[int, int] | None = None
     train_fraction: float = 1.0
     seed: int | None = None
+    rollout_batch: int | None = None
 
     def __post_init__(self) -> None:
         check_int("sampler.group_size", self.group_size, 2, "GRPO needs a group to compare")
@@ -173,6 +177,14 @@ class SamplerConfig:
         check_number("sampler.train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, hint="1 = all")
         if self.seed is not None:
             check_int("sampler.seed", self.seed, 0, "or null to derive it from runtime.seed")
+        if self.rollout_batch is not None:
+            check_int("sampler.rollout_batch", self.rollout_batch, 1, "or null for the whole batch at once")
+            batch = self.prompts_per_step * self.group_size
+            if batch % self.rollout_batch:
+                raise ValueError(
+                    f"sampler.rollout_batch={self.rollout_batch} must divide prompts_per_step * group_size = {batch}; "
+                    f"pick a divisor of {batch} or null"
+                )
 
     @property
     def window(self) -> tuple[int, int]:
@@ -203,6 +215,8 @@ class OptimConfig:
             is weighted so the gradient is the same for any value); must divide ``P * G``.
         ema_decay: decay of an exponential moving average of the LoRA weights used for evaluation, in
             ``(0, 1)`` (e.g. 0.9); null keeps no average.
+        nonfinite_limit: an update whose loss or gradient is not finite is skipped and counted; this many in a
+            row stop the run with an error (a diverged run, a broken reward); >= 1.
     """
 
     lr: float = 3e-4
@@ -214,6 +228,7 @@ class OptimConfig:
     inner_epochs: int = 1
     grad_accum: int = 1
     ema_decay: float | None = None
+    nonfinite_limit: int = 5
 
     def __post_init__(self) -> None:
         check_number("optim.lr", self.lr, low=0.0, low_open=True, hint="e.g. 3e-4 for LoRA")
@@ -232,6 +247,7 @@ class OptimConfig:
         if self.ema_decay is not None:
             check_number("optim.ema_decay", self.ema_decay, low=0.0, high=1.0, low_open=True, high_open=True,
                          hint="e.g. 0.9, or null for no average")  # fmt: skip
+        check_int("optim.nonfinite_limit", self.nonfinite_limit, 1, "skipped updates in a row before stopping")
 
 
 def _default_components() -> dict[str, dict[str, Any]]:
@@ -287,7 +303,7 @@ class DataConfig:
             the bucket of closest aspect ratio. The synthetic task takes one square size.
         multiple: every bucket side must be a multiple of this many pixels (16: VAE factor 8 x patch 2).
         max_bad_fraction: largest tolerated fraction of unreadable records in ``[0, 1]``; more stop the run.
-        held_out: conditions kept out of training for evaluation (synthetic: drawn with ``seed + 1``; a data set:
+        held_out: conditions kept out of training for evaluation (synthetic: task seed ``seed + 1000``; a data set:
             a seeded sample of its records); 0 turns evaluation data off.
         placement: ``rank`` (each group rolled out on one rank) or ``spread`` (a group spread over ranks).
         num_workers: data-loader worker processes per rank (0 loads in the training process).
@@ -404,6 +420,7 @@ class LoggingConfig:
         keep_checkpoints: most recent checkpoints kept on disk (older ones are deleted); null keeps all.
         tensorboard: also write TensorBoard event files (needs the ``tensorboard`` package); metrics always go
             to ``metrics.jsonl``.
+        progress: show a progress line (step, reward, time per phase) on rank 0.
     """
 
     output_dir: str = "runs"
@@ -413,6 +430,7 @@ class LoggingConfig:
     save_every: int = 100
     keep_checkpoints: int | None = 3
     tensorboard: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         check_optional_str("logging.output_dir", self.output_dir, "a folder, e.g. runs")
@@ -427,6 +445,7 @@ class LoggingConfig:
         if self.keep_checkpoints is not None:
             check_int("logging.keep_checkpoints", self.keep_checkpoints, 1, "or null to keep all")
         check_bool("logging.tensorboard", self.tensorboard)
+        check_bool("logging.progress", self.progress)
 
 
 @dataclass(frozen=True)

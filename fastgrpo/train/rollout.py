@@ -10,6 +10,10 @@ captured in a CUDA graph and still draw fresh noise on every replay.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import torch
 from torch import Tensor
 
@@ -45,6 +49,7 @@ def rollout(
     group_ids: Tensor | None = None,
     reduction: str = "mean",
     backend: str = "auto",
+    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
 ) -> Rollout:
     """Sample ``B`` trajectories; returns a :class:`Rollout` with ``latents [B, K+1, N, C]`` (float32),
     ``log_probs [B, K]`` (0 on ODE steps), ``trained [K]`` (the SDE window) and NaN rewards (not scored yet).
@@ -58,6 +63,7 @@ def rollout(
         t_cap: defaults to the schedule's second time.
         window: ``[start, end)`` SDE steps; ``None`` = every step.
         group_ids: ``[B]`` int64 (default ``arange(B)``).
+        annotate: ``annotate(name)`` gives a context around each step (NVTX ranges); None: nothing.
     """
     batch = cond.batch_size
     if initial_noise.shape[0] != batch:
@@ -72,14 +78,15 @@ def rollout(
     log_probs = torch.zeros((batch, k_steps), dtype=torch.float32, device=device)
     latents[:, 0] = initial_noise
     for k in range(k_steps):
-        x = latents[:, k]
-        v = model.velocity(x, times.t[k].expand(batch), cond)
-        x_next, logp = sde_step(
-            x, v, times.t[k], times.t_next[k], noise_level=levels[k], t_cap=cap, seed=noise_state,
-            reduction=reduction, backend=backend,
-        )  # fmt: skip
-        latents[:, k + 1] = x_next
-        log_probs[:, k] = logp
+        with annotate(f"rollout step {k}") if annotate is not None else contextlib.nullcontext():
+            x = latents[:, k]
+            v = model.velocity(x, times.t[k].expand(batch), cond)
+            x_next, logp = sde_step(
+                x, v, times.t[k], times.t_next[k], noise_level=levels[k], t_cap=cap, seed=noise_state,
+                reduction=reduction, backend=backend,
+            )  # fmt: skip
+            latents[:, k + 1] = x_next
+            log_probs[:, k] = logp
     ids = group_ids if group_ids is not None else torch.arange(batch, device=device)
     rewards = torch.full((batch,), float("nan"), dtype=torch.float32, device=device)
     return Rollout(latents, log_probs, times.times, trained, ids, rewards).validate()

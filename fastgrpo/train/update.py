@@ -10,7 +10,9 @@ ratio extremes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
@@ -45,6 +47,7 @@ def grpo_backward(
     reduction: str = "mean",
     micro_batch: int | None = None,
     backend: str = "auto",
+    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
 ) -> GRPOStats:
     """Accumulate the gradient of ``J`` over the trained ``steps`` of ``rollout``; returns on-device statistics.
 
@@ -53,6 +56,7 @@ def grpo_backward(
         advantages: ``[B]`` float32 (:func:`fastgrpo.core.group_advantages`).
         steps: indices of trained steps (each must be an SDE step of the rollout).
         micro_batch: samples per forward (``None``: the whole batch at once).
+        annotate: ``annotate(name)`` gives a context around each forward and backward (NVTX ranges).
     """
     batch = rollout.batch_size
     if not steps:
@@ -69,22 +73,25 @@ def grpo_backward(
     chunks = _micro_batches(batch, micro_batch, device)
     conds = [cond.index_select(rows) for rows in chunks]
     times = rollout.times
+    mark = annotate if annotate is not None else (lambda _name: contextlib.nullcontext())
     for k in steps:
         x, x_next = rollout.step(k)
         for rows, sub in zip(chunks, conds, strict=True):
             weight = rows.numel() / batch / len(steps)
             t = times[k].expand(rows.numel())
-            v = model.velocity(x[rows], t, sub)
-            v_ref = None
-            if grpo.needs_reference:
-                with torch.no_grad(), model.reference():
-                    v_ref = model.velocity(x[rows], t, sub)
-            loss, stats, _ = step_loss(
-                x_next[rows], x[rows], v, v_ref, times[k], times[k + 1], rollout.log_probs[rows, k],
-                advantages[rows], grpo=grpo, noise_level=noise_level, t_cap=t_cap, reduction=reduction,
-                weight=weight, backend=backend,
-            )  # fmt: skip
-            loss.backward()
+            with mark(f"train forward step {k}"):
+                v = model.velocity(x[rows], t, sub)
+                v_ref = None
+                if grpo.needs_reference:
+                    with torch.no_grad(), model.reference():
+                        v_ref = model.velocity(x[rows], t, sub)
+                loss, stats, _ = step_loss(
+                    x_next[rows], x[rows], v, v_ref, times[k], times[k + 1], rollout.log_probs[rows, k],
+                    advantages[rows], grpo=grpo, noise_level=noise_level, t_cap=t_cap, reduction=reduction,
+                    weight=weight, backend=backend,
+                )  # fmt: skip
+            with mark(f"train backward step {k}"):
+                loss.backward()
             totals += stats.values * weight
             low = torch.minimum(low, stats.values[_MIN])
             high = torch.maximum(high, stats.values[_MAX])

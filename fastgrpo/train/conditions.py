@@ -1,0 +1,210 @@
+"""The (source image, instruction) conditions of each training iteration, and the held-out evaluation set.
+
+Iteration ``s`` has one *global* batch: ``P · W`` distinct conditions (``P`` per rank, ``W`` ranks), each repeated
+``G`` times, ``P · G · W`` samples in all. Global sample ``j`` belongs to group ``j // G`` (its condition). Each
+rank takes ``P · G`` of the global samples: a contiguous block with ``placement="rank"`` (every group on one
+rank), every ``W``-th sample with ``placement="spread"`` (a group spread over the ranks). Everything here is a
+pure function of ``(seed, s)``, so a resumed run sees exactly the batches it would have seen, and the same global
+batch gives the same samples whatever ``W`` is.
+
+Sources: the built-in synthetic task (condition ``c`` of iteration ``s`` is task sample ``s · P · W + c``) or a
+data set (``EditDataset`` + the seeded ``GroupBatchSampler`` epoch schedule, one resolution bucket per batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastgrpo.core.shapes import EditSpec
+from fastgrpo.data.synthetic import SyntheticEditTask
+from fastgrpo.train.config_sections import DataConfig
+
+__all__ = ["ConditionItem", "ConditionPlan", "ConditionSource", "RankBatch", "build_condition_source"]
+
+#: held-out synthetic conditions come from this task seed offset (the same as the tiny editor's pre-training)
+HELD_OUT_SEED_OFFSET = 1000
+
+
+@dataclass(frozen=True, eq=False)
+class ConditionItem:
+    """One condition: ``source uint8 [H, W, 3]``, instruction, optional mask/captions/spec (synthetic task)."""
+
+    id: str
+    source: np.ndarray
+    instruction: str
+    mask: np.ndarray | None = None
+    captions: tuple[str | None, str | None] | None = None
+    spec: EditSpec | None = None
+
+
+@dataclass(frozen=True)
+class ConditionPlan:
+    """How the global batch of an iteration is laid out over ranks (see the module docstring)."""
+
+    prompts_per_rank: int
+    group_size: int
+    world_size: int
+    rank: int
+    placement: str = "rank"
+
+    @property
+    def global_conditions(self) -> int:
+        return self.prompts_per_rank * self.world_size
+
+    @property
+    def local_samples(self) -> int:
+        return self.prompts_per_rank * self.group_size
+
+    def rank_rows(self, rank: int | None = None) -> np.ndarray:
+        """Global sample indices of ``rank``'s samples (this rank by default), in local order."""
+        rank = self.rank if rank is None else rank
+        if self.placement == "rank":
+            start = rank * self.local_samples
+            return np.arange(start, start + self.local_samples)
+        total = self.local_samples * self.world_size
+        return np.arange(rank, total, self.world_size)
+
+
+@dataclass(eq=False)
+class RankBatch:
+    """This rank's samples of one iteration.
+
+    Attributes:
+        items: the distinct conditions this rank needs (encode each once).
+        item_of_sample: ``[P · G]`` index into ``items`` of every local sample.
+        group_ids: ``[P · G]`` int64 global group ids (the same condition has the same id on every rank).
+        num_groups: ``P · W``, the number of global groups.
+    """
+
+    items: list[ConditionItem]
+    item_of_sample: torch.Tensor
+    group_ids: torch.Tensor
+    num_groups: int
+
+    @property
+    def size(self) -> int:
+        return int(self.item_of_sample.numel())
+
+    def per_sample(self, attr: str) -> list[Any]:
+        """``attr`` of the condition of every local sample."""
+        return [getattr(self.items[i], attr) for i in self.item_of_sample.tolist()]
+
+
+class ConditionSource:
+    """Conditions of iteration ``s``: :meth:`condition_indices` (global), :meth:`items`, :meth:`held_out`."""
+
+    def condition_indices(self, step: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def items(self, indices: Sequence[int]) -> list[ConditionItem]:
+        raise NotImplementedError
+
+    def held_out(self) -> list[list[ConditionItem]]:
+        """Held-out conditions, grouped so that each list shares one resolution."""
+        raise NotImplementedError
+
+    def rank_batch(self, step: int, plan: ConditionPlan) -> RankBatch:
+        """This rank's samples of iteration ``step``."""
+        conditions = self.condition_indices(step)
+        if len(conditions) != plan.global_conditions:
+            raise RuntimeError(f"condition source gave {len(conditions)} conditions, expected {plan.global_conditions}")
+        groups = plan.rank_rows() // plan.group_size
+        unique, inverse = np.unique(groups, return_inverse=True)
+        items = self.items([int(conditions[g]) for g in unique])
+        return RankBatch(
+            items=items,
+            item_of_sample=torch.as_tensor(inverse, dtype=torch.int64),
+            group_ids=torch.as_tensor(groups, dtype=torch.int64),
+            num_groups=plan.global_conditions,
+        )
+
+
+class SyntheticSource(ConditionSource):
+    """The built-in synthetic task at ``size`` pixels; held-out conditions from task seed ``seed + 1000``."""
+
+    def __init__(self, size: int, seed: int, conditions_per_step: int, held_out: int) -> None:
+        self.task = SyntheticEditTask(size=size, seed=seed)
+        self.held_out_task = SyntheticEditTask(size=size, seed=seed + HELD_OUT_SEED_OFFSET)
+        self.per_step, self.num_held_out = conditions_per_step, held_out
+
+    def condition_indices(self, step: int) -> np.ndarray:
+        return np.arange(step * self.per_step, (step + 1) * self.per_step)
+
+    @staticmethod
+    def _item(edit: Any) -> ConditionItem:
+        return ConditionItem(edit.id, edit.source, edit.instruction, edit.mask, None, edit.spec)
+
+    def items(self, indices: Sequence[int]) -> list[ConditionItem]:
+        return [self._item(self.task.sample(int(i))) for i in indices]
+
+    def held_out(self) -> list[list[ConditionItem]]:
+        if not self.num_held_out:
+            return []
+        return [[self._item(self.held_out_task.sample(i)) for i in range(self.num_held_out)]]
+
+
+class DatasetSource(ConditionSource):
+    """A data set on disk: a seeded ``held_out`` records are kept out of training for evaluation."""
+
+    def __init__(self, cfg: DataConfig, seed: int, conditions_per_step: int) -> None:
+        from fastgrpo.data.badinput import BadInputPolicy
+        from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
+        from fastgrpo.data.dataset import EditDataset
+        from fastgrpo.data.loaders import load_records
+        from fastgrpo.data.sampler import GroupBatchSampler
+
+        loaded = load_records(cfg.source, preset=cfg.preset, root=cfg.root)  # type: ignore[arg-type]
+        records = list(loaded.records)
+        held = cfg.held_out
+        if held >= len(records):
+            raise ValueError(
+                f"data.held_out={held} leaves nothing to train on: {cfg.source} has {len(records)} usable records; "
+                "lower data.held_out"
+            )
+        rng = np.random.default_rng([seed, 7])
+        held_idx = set(rng.choice(len(records), size=held, replace=False).tolist()) if held else set()
+        train = [r for i, r in enumerate(records) if i not in held_idx]
+        evals = [r for i, r in enumerate(records) if i in held_idx]
+        buckets = ResolutionBuckets(parse_resolutions(cfg.resolutions), cfg.multiple)
+        policy = BadInputPolicy(max_bad_fraction=cfg.max_bad_fraction)
+        self.dataset = EditDataset(train, buckets, root=loaded.root, skipped=loaded.problems, policy=policy)
+        self.eval_dataset = EditDataset(evals, buckets, root=loaded.root, policy=policy) if evals else None
+        self.sampler = GroupBatchSampler(
+            self.dataset.bucket_ids, group_size=1, groups_per_rank=conditions_per_step, seed=seed
+        )
+
+    def condition_indices(self, step: int) -> np.ndarray:
+        return np.asarray(self.sampler.batch_at(step), dtype=np.int64)
+
+    @staticmethod
+    def _item(sample: Any) -> ConditionItem:
+        record = sample.record
+        captions = (record.input_caption, record.output_caption)
+        spec = record.metadata.get("spec") if isinstance(record.metadata.get("spec"), EditSpec) else None
+        return ConditionItem(record.id, sample.source, record.instruction, sample.mask, captions, spec)
+
+    def items(self, indices: Sequence[int]) -> list[ConditionItem]:
+        return [self._item(s) for s in self.dataset.__getitems__(list(indices))]
+
+    def held_out(self) -> list[list[ConditionItem]]:
+        if self.eval_dataset is None:
+            return []
+        groups: dict[int, list[int]] = {}
+        for i, bucket in enumerate(self.eval_dataset.bucket_ids.tolist()):
+            groups.setdefault(bucket, []).append(i)
+        return [[self._item(s) for s in self.eval_dataset.__getitems__(idx)] for _, idx in sorted(groups.items())]
+
+
+def build_condition_source(cfg: DataConfig, seed: int, conditions_per_step: int) -> ConditionSource:
+    """The source ``cfg`` names; ``conditions_per_step`` is ``P · W``."""
+    if cfg.is_synthetic:
+        from fastgrpo.data.buckets import parse_resolutions
+
+        size = parse_resolutions(cfg.resolutions)[0].width
+        return SyntheticSource(size, seed, conditions_per_step, cfg.held_out)
+    return DatasetSource(cfg, seed, conditions_per_step)

@@ -1,0 +1,150 @@
+"""The run directory: ``config.yaml``, ``metrics.jsonl``, ``lora/``, ``checkpoints/``, ``samples/``, the curve.
+
+Writes that fail for lack of space or permission raise :class:`RunDirError` with the path, the operating system's
+reason and what to do; nothing already written is lost (metrics are appended line by line and flushed; files are
+replaced atomically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS_FILENAME", "RunDir", "RunDirError", "describe_os_error"]
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be created or written."""
+
+
+def describe_os_error(error: OSError, path: Path, action: str) -> str:
+    """A message for a failed write: what, where, why, and the fix."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        hint = "free disk space there or point logging.output_dir at a larger disk"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "make it writable or set logging.output_dir to a folder you can write"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+        hint = "a file is in the way of the folder; set logging.output_dir to a folder path"
+    else:
+        hint = "check the disk and the path, or set logging.output_dir elsewhere"
+    return f"could not {action} {path}: {reason}; {hint}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    return value
+
+
+class RunDir:
+    """One run's folder (created on rank 0 only; other ranks only read paths)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        self._metrics_handle: Any = None
+        if create:
+            self._create()
+
+    def _create(self) -> None:
+        try:
+            for sub in ("", "checkpoints", "samples"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-test-")
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                Path(probe).unlink(missing_ok=True)
+        except OSError as error:
+            raise RunDirError(describe_os_error(error, self.path, "create the run directory")) from None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILENAME
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def lora(self) -> Path:
+        return self.path / "lora"
+
+    @property
+    def curve_path(self) -> Path:
+        return self.path / "reward_curve.png"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.path).free
+
+    def check_space(self, needed_bytes: int) -> None:
+        """Refuse to start when the disk cannot hold ``needed_bytes`` (checkpoints, LoRA exports)."""
+        free = self.free_bytes()
+        if free < needed_bytes:
+            raise RunDirError(
+                f"{self.path} has {free / 2**20:.1f} MiB free but the run's checkpoints need about "
+                f"{needed_bytes / 2**20:.1f} MiB; free space, lower logging.keep_checkpoints, or set "
+                "logging.output_dir to a larger disk"
+            )
+
+    # metrics --------------------------------------------------------------------------------------------------
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Rows of ``metrics.jsonl`` (a torn last line, from a crash mid-write, is dropped)."""
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only rows with ``step <= last_step`` (a resumed run rewrites the steps after its checkpoint)."""
+        rows = [r for r in self.read_metrics() if int(r.get("step", 0)) <= last_step]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        self.close()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.metrics_path)
+        except OSError as error:
+            raise RunDirError(describe_os_error(error, self.metrics_path, "rewrite")) from None
+
+    def log_metrics(self, row: Mapping[str, Any]) -> None:
+        """Append one JSON line and flush it."""
+        line = json.dumps({k: _plain(v) for k, v in row.items()}) + "\n"
+        try:
+            if self._metrics_handle is None:
+                self._metrics_handle = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+            self._metrics_handle.write(line)
+            self._metrics_handle.flush()
+        except OSError as error:
+            raise RunDirError(describe_os_error(error, self.metrics_path, "append to")) from None
+
+    def close(self) -> None:
+        if self._metrics_handle is not None:
+            with contextlib.suppress(OSError):
+                self._metrics_handle.close()
+            self._metrics_handle = None
