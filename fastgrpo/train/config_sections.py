@@ -153,7 +153,7 @@ class SamplerConfig:
     train_steps: int = 8
     eval_steps: int = 20
     sde_window: tuple[int, int] | None = None
-    train_fraction: float = 1.0
+    train_fraction: float = 0.5
     seed: int | None = None
     rollout_batch: int | None = None
 
@@ -379,7 +379,7 @@ class RuntimeConfig:
 
     device: str = "auto"
     seed: int = 0
-    max_steps: int = 200
+    max_steps: int = 50
     dtype: Literal["bf16", "fp16"] | None = None
     compile: bool = False
     cuda_graphs: bool = False
@@ -426,8 +426,8 @@ class LoggingConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     log_every: int = 1
-    eval_every: int = 50
-    save_every: int = 100
+    eval_every: int = 25
+    save_every: int = 25
     keep_checkpoints: int | None = 3
     tensorboard: bool = False
     progress: bool = True

@@ -195,7 +195,6 @@ class Trainer:
         name = cfg.logging.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = self.dist.broadcast_object(name)
         path = Path(cfg.logging.output_dir) / name
-        self.resuming = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("step-*"))
         if self.dist.is_main:
             self.run_dir = RunDir(path)
             saved = path / "config.yaml"
@@ -634,6 +633,7 @@ class Trainer:
                 result.initial_eval = last_eval = ev["eval_reward_mean"]
                 self._log_row({"step": 0, **ev})
                 self.log(f"pre-trained evaluation reward {last_eval:.4f} on {ev['eval_conditions']} conditions")
+            self.timer.read()  # the first iteration's phase times start here
         stopped = None
         try:
             with _Signals() as signals:

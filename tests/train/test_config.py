@@ -240,7 +240,7 @@ def test_non_mapping_file_and_section(tmp_path):
         ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be >= 1 (or null to keep all)"),
         ("data.held_out=0", "set data.held_out > 0 or logging.eval_every=0"),
         ("profile.steps=12:10", "profile.steps must be 'A:B' with 0 <= A < B"),
-        ("profile.steps=150:250", "ends after runtime.max_steps=200"),
+        ("profile.steps=150:250", "ends after runtime.max_steps=50"),
         ("profile.memory_snapshot=true", "set profile.steps"),
     ],
 )

@@ -20,10 +20,10 @@ COMMON = [
     "sampler.eval_steps=4",
     "sampler.rollout_batch=8",
     "data.held_out=4",
-    "logging.eval_every=2",
+    "logging.eval_every=1",
     "logging.save_every=0",
     "logging.progress=false",
-    "runtime.max_steps=2",
+    "runtime.max_steps=1",
     "runtime.device=cpu",
     "optim.lr=0.003",
 ]
@@ -39,7 +39,9 @@ WORKER = textwrap.dedent(
     trainer = Trainer(load_config(None, sys.argv[2:]), log=lambda _m: None)
     result = trainer.run()
     state = {k: v.detach().clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
-    torch.save({"lora": state, "metrics": result.metrics}, f"{out}.rank{trainer.dist.rank}.pt")
+    moments = trainer.optimizer.state_dict()["state"]
+    first = torch.cat([moments[i]["exp_avg"].reshape(-1) for i in sorted(moments)])
+    torch.save({"lora": state, "exp_avg": first, "metrics": result.metrics}, f"{out}.rank{trainer.dist.rank}.pt")
     trainer.close()
     """
 )
@@ -79,16 +81,25 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batch(tmp_path: Pat
     from fastgrpo.models.lora import lora_state_dict
 
     single = lora_state_dict(trainer.model.transformer)
+    moments = trainer.optimizer.state_dict()["state"]
+    single_moment = torch.cat([moments[i]["exp_avg"].reshape(-1) for i in sorted(moments)])
     ranks = [torch.load(f"{out}.rank{r}.pt", weights_only=False) for r in range(2)]
-    for name, value in single.items():
+    for name in single:
         assert torch.equal(ranks[0]["lora"][name], ranks[1]["lora"][name]), f"ranks disagree on {name}"
-        torch.testing.assert_close(ranks[0]["lora"][name], value, rtol=1e-5, atol=1e-7)
+    # the averaged gradient (AdamW's first moment = (1 - beta1) g) equals the single process's up to summation
+    # order; the updated weights then agree except where Adam normalises a near-zero gradient component
+    scale = float(single_moment.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(ranks[0]["exp_avg"], single_moment, rtol=0, atol=scale * 1e-5)
+    flat_two = torch.cat([ranks[0]["lora"][n].reshape(-1) for n in single])
+    flat_one = torch.cat([single[n].reshape(-1) for n in single])
+    assert (flat_two - flat_one).abs().max() < 3e-3 * 0.05  # a small fraction of one step of lr = 3e-3
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in single.items() if "lora_B" in k)
     # rank 0 logged the same rewards and evaluations as the single process (only rank 0 writes)
     two_rows, one_rows = ranks[0]["metrics"], single_result.metrics
     assert ranks[1]["metrics"] == []
-    assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows] == [0, 1, 2]
+    assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows] == [0, 1]
     for a, b in zip(two_rows, one_rows, strict=True):
         for key in ("reward_mean", "eval_reward_mean"):
             if key in b:
-                assert abs(a[key] - b[key]) < 1e-5, (key, a[key], b[key])
+                assert abs(a[key] - b[key]) < 1e-6, (key, a[key], b[key])
