@@ -181,23 +181,27 @@ class DatasetSource(ConditionSource):
     def condition_indices(self, step: int) -> np.ndarray:
         return np.asarray(self.sampler.batch_at(step), dtype=np.int64)
 
-    @staticmethod
-    def _item(sample: Any) -> ConditionItem:
-        record = sample.record
-        captions = (record.input_caption, record.output_caption)
-        spec = record.metadata.get("spec") if isinstance(record.metadata.get("spec"), EditSpec) else None
-        return ConditionItem(record.id, sample.source, record.instruction, sample.mask, captions, spec)
-
     def items(self, indices: Sequence[int]) -> list[ConditionItem]:
-        return [self._item(s) for s in self.dataset.__getitems__(list(indices))]
+        return [dataset_item(s) for s in self.dataset.__getitems__(list(indices))]
 
     def held_out(self) -> list[list[ConditionItem]]:
-        if self.eval_dataset is None:
-            return []
-        groups: dict[int, list[int]] = {}
-        for i, bucket in enumerate(self.eval_dataset.bucket_ids.tolist()):
-            groups.setdefault(bucket, []).append(i)
-        return [[self._item(s) for s in self.eval_dataset.__getitems__(idx)] for _, idx in sorted(groups.items())]
+        return [] if self.eval_dataset is None else items_by_bucket(self.eval_dataset)
+
+
+def dataset_item(sample: Any) -> ConditionItem:
+    """The :class:`ConditionItem` of a decoded ``EditSample`` (the spec only for synthetic records)."""
+    record = sample.record
+    captions = (record.input_caption, record.output_caption)
+    spec = record.metadata.get("spec") if isinstance(record.metadata.get("spec"), EditSpec) else None
+    return ConditionItem(record.id, sample.source, record.instruction, sample.mask, captions, spec)
+
+
+def items_by_bucket(dataset: Any, count: int | None = None) -> list[list[ConditionItem]]:
+    """The first ``count`` (all) conditions of an ``EditDataset``, one list per resolution bucket."""
+    groups: dict[int, list[int]] = {}
+    for i, bucket in enumerate(dataset.bucket_ids[:count].tolist()):
+        groups.setdefault(bucket, []).append(i)
+    return [[dataset_item(s) for s in dataset.__getitems__(idx)] for _, idx in sorted(groups.items())]
 
 
 def build_condition_source(cfg: DataConfig, seed: int, conditions_per_step: int) -> ConditionSource:

@@ -127,18 +127,14 @@ def _all_conditions(cfg: Any, path: str, limit: int | None) -> list[list[Conditi
     from fastgrpo.data.badinput import BadInputPolicy
     from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
     from fastgrpo.data.dataset import EditDataset
-    from fastgrpo.train.conditions import DatasetSource
+    from fastgrpo.train.conditions import items_by_bucket
 
     buckets = ResolutionBuckets(parse_resolutions(cfg.data.resolutions), cfg.data.multiple)
     dataset = EditDataset.from_path(
         path, buckets, preset=cfg.data.preset, root=cfg.data.root,
         policy=BadInputPolicy(max_bad_fraction=cfg.data.max_bad_fraction),
     )  # fmt: skip
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    groups: dict[int, list[int]] = {}
-    for i, bucket in enumerate(dataset.bucket_ids[:count].tolist()):
-        groups.setdefault(bucket, []).append(i)
-    return [[DatasetSource._item(s) for s in dataset.__getitems__(idx)] for _, idx in sorted(groups.items())]
+    return items_by_bucket(dataset, limit)
 
 
 def run_evaluation(

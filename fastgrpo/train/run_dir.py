@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fastgrpo.train.checkpoint import atomic_write_bytes
+
 __all__ = ["METRICS_FILENAME", "RunDir", "RunDirError", "describe_os_error"]
 
 METRICS_FILENAME = "metrics.jsonl"
@@ -123,12 +125,7 @@ class RunDir:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         self.close()
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.metrics_path)
+            atomic_write_bytes(self.metrics_path, text.encode("utf-8"))
         except OSError as error:
             raise RunDirError(describe_os_error(error, self.metrics_path, "rewrite")) from None
 

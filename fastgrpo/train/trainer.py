@@ -630,7 +630,7 @@ class Trainer:
             )
             if cfg.logging.eval_every and self.held_out:
                 ev = self.evaluate()
-                result.initial_eval = last_eval = ev["eval_reward_mean"]
+                last_eval = ev["eval_reward_mean"]
                 self._log_row({"step": 0, **ev})
                 self.log(f"pre-trained evaluation reward {last_eval:.4f} on {ev['eval_conditions']} conditions")
             self.timer.read()  # the first iteration's phase times start here
