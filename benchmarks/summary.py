@@ -25,6 +25,9 @@ SPEEDUP = f"speedup_vs_{BASELINE}"
 SUMMARY_FIELDS = ("median_s", "p20_s", "p80_s", "gbps", "frac_peak", "peak_mem_bytes", "compile_s")
 # Rates of the reward benchmarks (bench_rewards.py): the judge client and the CLIP reward.
 SUMMARY_FIELDS += ("requests_per_s", "overhead_per_request_s", "images_per_s")
+# End-to-end iterations (bench_train_step.py): utilisation, memory, the main phases and the warm-up iteration.
+SUMMARY_FIELDS += ("mfu", "peak_mem_gib", "first_iteration_s", "phase_rollout_s", "phase_reward_s", "phase_update_s")
+SUMMARY_FIELDS += ("phase_optimizer_s",)
 
 
 class ResultStore:

@@ -26,6 +26,10 @@ _BACKEND_PACKAGES = {
     "sage": "sageattention (pip install sageattention)",
     "sage_varlen": "sageattention (pip install sageattention)",
 }
+#: the backends ``fastgrpo env`` reports (any other diffusers backend name is accepted too)
+COMMON_BACKENDS = ("native", "flex", "flash", "_flash_3", "xformers", "sage")
+# need CUDA tensors whatever is installed (the PyTorch SDPA ones and flex also run on the CPU)
+_CUDA_ONLY = ("flash", "flash_varlen", "_flash_3", "_flash_varlen_3", "sage", "sage_varlen")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
 
@@ -118,12 +122,85 @@ def torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)} or a torch floating dtype")
 
 
+def _backend_package(name: str) -> str:
+    if name.endswith("_hub"):
+        return "kernels (pip install kernels), which downloads the kernel from the Hugging Face Hub"
+    return _BACKEND_PACKAGES.get(name, "the package this backend needs")
+
+
+def _missing_requirement(name: str) -> str | None:
+    """diffusers' reason why backend ``name`` (a known lower-case name) cannot be used here, or None."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (RuntimeError, ImportError) as error:
+        return str(error)
+    return None
+
+
+def check_attention_backend(backend: str | None, device: torch.device | str | None = None) -> None:
+    """Refuse an attention backend that cannot run here, before any weights are loaded.
+
+    ``None`` (PyTorch SDPA) always passes. Raises ``ValueError`` for a name diffusers does not know (listing the
+    known ones), for a backend whose package is missing or too old (naming it: ``pip install flash-attn``,
+    ``pip install xformers``, ...), and for a CUDA-only backend (``flash``, ``_flash_3``, ``sage``) asked for on
+    a CPU ``device``. Without diffusers' attention dispatch (diffusers < 0.35) it checks nothing;
+    :func:`set_attention_backend` reports that case.
+    """
+    if backend is None:
+        return
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"attention backend must be a name such as 'native' or 'flash', or None: got {backend!r}")
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:
+        return
+    name = backend.lower()
+    known = sorted(b.value for b in AttentionBackendName)
+    if name not in known:
+        raise ValueError(
+            f"unknown attention backend {backend!r}: use one of {', '.join(known)}, or None for PyTorch SDPA"
+        )
+    reason = _missing_requirement(name)
+    if reason is not None:
+        raise ValueError(
+            f"attention backend {backend!r} is not usable here ({reason}); install {_backend_package(name)}, or "
+            "pass attention_backend=None (PyTorch SDPA) or 'native'"
+        )
+    if device is not None and torch.device(device).type != "cuda" and name in _CUDA_ONLY:
+        raise ValueError(
+            f"attention backend {backend!r} needs a CUDA device but the model is on {device}; use "
+            "attention_backend=None (PyTorch SDPA, runs on the CPU) or 'native', or load the model on CUDA"
+        )
+
+
+def attention_backends(names: Sequence[str] = COMMON_BACKENDS) -> dict[str, str | None]:
+    """``{name: None}`` for each usable backend of ``names``, ``{name: "install <package>"}`` for the others.
+
+    Checks the installed packages only, not the device (``flash`` counts as usable wherever flash-attn is
+    installed). Empty when this diffusers has no attention dispatch (< 0.35).
+    """
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:
+        return {}
+    known = {b.value for b in AttentionBackendName}
+    result: dict[str, str | None] = {}
+    for name in names:
+        if name in known:
+            missing = _missing_requirement(name)
+            result[name] = None if missing is None else f"install {_backend_package(name)}"
+    return result
+
+
 def set_attention_backend(transformer: torch.nn.Module, backend: str | None) -> None:
     """Select diffusers' attention backend ``backend`` for every attention layer of ``transformer``.
 
-    ``None`` keeps the default (PyTorch ``scaled_dot_product_attention``). Raises ``ValueError`` when this diffusers
-    has no attention dispatch (``set_attention_backend`` missing: diffusers < 0.35), when the name is unknown
-    (listing the known ones) or when the backend's package is missing (naming it: flash-attn, xformers, …).
+    ``None`` keeps the default (PyTorch ``scaled_dot_product_attention``); ``"native"`` selects it explicitly and
+    runs on the CPU too. Raises ``ValueError`` when this diffusers has no attention dispatch
+    (``set_attention_backend`` missing: diffusers < 0.35), and for everything :func:`check_attention_backend`
+    refuses (an unknown name, a missing package — naming it —, a CUDA-only backend on the CPU).
     """
     if backend is None:
         return
@@ -135,13 +212,12 @@ def set_attention_backend(transformer: torch.nn.Module, backend: str | None) -> 
             f"attention_backend={backend!r} needs diffusers' attention dispatch, which diffusers "
             f"{diffusers.__version__} lacks; upgrade diffusers (>= 0.35) or pass attention_backend=None"
         )
+    param = next(transformer.parameters(), None)
+    check_attention_backend(backend, param.device if param is not None else None)
     try:
         setter(backend)
-    except (RuntimeError, ImportError) as error:
-        package = _BACKEND_PACKAGES.get(backend.lower(), "the package this backend needs")
+    except (RuntimeError, ImportError, ValueError) as error:
         raise ValueError(
-            f"attention backend {backend!r} is not usable here ({error}); install {package}, or pass "
-            "attention_backend=None (PyTorch SDPA) or 'native'"
+            f"attention backend {backend!r} could not be set on {type(transformer).__name__}: {error}; install "
+            f"{_backend_package(backend.lower())}, or pass attention_backend=None (PyTorch SDPA) or 'native'"
         ) from error
-    except ValueError as error:
-        raise ValueError(f"unknown attention backend {backend!r}: {error}") from error

@@ -255,6 +255,7 @@ class QwenImageEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
         from fastgrpo.models.codecs import QwenImageVAECodec
 
         torch_dtype = ck.torch_dtype(dtype)
+        ck.check_attention_backend(attention_backend, device)  # before gigabytes of weights are read
         path = ck.resolve_checkpoint(
             path_or_hub_id, pipeline_classes=PIPELINE_CLASSES, description="Qwen-Image-Edit", example_hub_id=HUB_ID,
             required=("transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import sys
@@ -36,8 +35,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     else:
         print("  cuda: no device (kernels run the PyTorch reference; Triton only under TRITON_INTERPRET=1)")
     print(f"  triton mode: {'interpreter (TRITON_INTERPRET=1)' if _env.triton_interpret() else 'compiled'}")
-    backends = ["sdpa"] + [name for name in ("xformers", "flash_attn") if importlib.util.find_spec(name)]
-    print(f"  attention backends: {', '.join(backends)}")
+    from fastgrpo.models.checkpoints import attention_backends
+
+    backends = attention_backends()  # model.attention_backend values; null = PyTorch SDPA
+    usable = [name for name, missing in backends.items() if missing is None and name != "native"]
+    print(f"  attention backends: {', '.join(['sdpa (null / native)', *usable])}")
+    for name, missing in backends.items():
+        if missing is not None:
+            print(f"    {name}: unavailable, {missing}")
     return 0
 
 

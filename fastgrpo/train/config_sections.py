@@ -368,13 +368,23 @@ class RuntimeConfig:
         max_steps: GRPO iterations (rollout + update) to run.
         dtype: autocast dtype of the transformer forward passes (``bf16`` or ``fp16``); null runs them in the
             weights' dtype without autocast.
-        compile: ``torch.compile`` the transformer blocks (a slow first iteration, faster later ones).
-        cuda_graphs: capture the rollout loop in CUDA graphs per (batch, resolution) shape; CUDA only.
+        compile: ``torch.compile`` each repeated transformer block after LoRA is attached (regional compilation,
+            inductor backend; :mod:`fastgrpo.models.compile`). The first calls of each configuration compile (the
+            first iteration, the first reference / evaluation pass, a new batch size or resolution), so early
+            iterations are slow; the metric ``time/compile`` (seconds, part of ``time/step``) reports it. Inductor on
+            the CPU needs a C++ compiler.
+        cuda_graphs: replay the rollout loop and each update micro-step (forward, loss, backward) from CUDA graphs
+            captured per shape (:mod:`fastgrpo.train.graphs`); CUDA only. When capture is impossible the eager
+            code runs and the reason is logged once; each metrics row says ``cuda_graphs: true/false``.
         kernel_backend: fused-kernel backend: ``auto`` (Triton on CUDA tensors, PyTorch on CPU), ``triton``,
             ``torch`` or ``cuda`` (the native library built by CMake).
         distributed_backend: ``torch.distributed`` backend under ``torchrun``: ``auto`` (NCCL on CUDA, Gloo on
             CPU), ``nccl`` or ``gloo``.
-        fsdp: shard the base weights over ranks with FSDP (the reference policy is then a frozen copy).
+        fsdp: shard the transformer (base and LoRA weights, AdamW state) over the ranks with FSDP2, one unit per
+            block, for models whose weights do not fit one GPU (:mod:`fastgrpo.train.sharding`). Needs a
+            ``torchrun`` launch with 2 or more processes (one process refuses it) and held-out sets that give every
+            rank the same number of evaluation batches. The reference policy stays the adapter-disabled model (no
+            copy); checkpoints and LoRA files hold whole tensors, as without FSDP.
     """
 
     device: str = "auto"
@@ -403,6 +413,11 @@ class RuntimeConfig:
         check_choice("runtime.distributed_backend", self.distributed_backend, ("auto", "nccl", "gloo"))
         if self.cuda_graphs and device == "cpu":
             raise ValueError("runtime.cuda_graphs needs a CUDA device: set runtime.cuda_graphs=false or runtime.device")
+        if self.cuda_graphs and self.fsdp:
+            raise ValueError(
+                "runtime.cuda_graphs cannot capture FSDP's per-block all-gathers: set runtime.cuda_graphs=false "
+                "or runtime.fsdp=false"
+            )
         if self.distributed_backend == "nccl" and device == "cpu":
             raise ValueError("runtime.distributed_backend=nccl needs CUDA: use gloo (or auto) with runtime.device=cpu")
 

@@ -47,6 +47,7 @@ from fastgrpo.train.conditions import ConditionPlan, RankBatch, build_condition_
 from fastgrpo.train.config import TrainConfig, config_to_dict, load_config, save_resolved_config
 from fastgrpo.train.distributed import DistContext, init_distributed
 from fastgrpo.train.evaluate import build_model, decode_uint8, evaluate_conditions
+from fastgrpo.train.graphs import TrainingGraphs
 from fastgrpo.train.observe import (
     Annotator,
     PhaseTimer,
@@ -60,6 +61,15 @@ from fastgrpo.train.observe import (
 )
 from fastgrpo.train.rollout import rollout
 from fastgrpo.train.run_dir import RunDir, RunDirError
+from fastgrpo.train.sharding import (
+    check_lockstep_evaluation,
+    full_optimizer_state,
+    full_tensor,
+    load_optimizer_state,
+    shard_into_,
+    shard_transformer,
+    write_lora,
+)
 from fastgrpo.train.update import grpo_backward
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
@@ -177,6 +187,10 @@ class Trainer:
         self.reward_failures_in_row = 0
         self._flops: dict[tuple[int, int], tuple[float, float]] = {}
         self._schedules: dict[tuple[int, int], Any] = {}
+        # runtime.cuda_graphs: rollouts and update micro-steps replay CUDA graphs (eager, reason logged, off CUDA)
+        self.graphs = TrainingGraphs(self.model, self.params) if cfg.runtime.cuda_graphs else None
+        self._rollout_fn = rollout if self.graphs is None else self.graphs.rollout
+        self._backward_fn = grpo_backward if self.graphs is None else self.graphs.backward
 
     # --- set-up --------------------------------------------------------------------------------------------------
 
@@ -223,11 +237,14 @@ class Trainer:
         if not self.params:
             raise TrainingError("LoRA attached no trainable parameters: check lora.target_modules")
         self.dist.check_same(self.params, "the initial LoRA weights")
-        if cfg.runtime.fsdp:
-            raise TrainingError(
-                "runtime.fsdp=true is not available in this version: LoRA training replicates the base weights on "
-                "every rank; set runtime.fsdp=false"
-            )
+        self.compiled: Any = None  # runtime.compile: regional torch.compile after add_lora (peft wraps the Linears) and
+        if cfg.runtime.compile:  # before FSDP (fully_shard renames the block classes compile_blocks looks for)
+            from fastgrpo.models.compile import compile_blocks
+
+            self.compiled = compile_blocks(self.model.transformer)
+            self.log(f"torch.compile: {self.compiled.describe()}; first calls compile (time/compile in metrics)")
+        if cfg.runtime.fsdp:  # FSDP2 (fastgrpo.train.sharding): from here on self.params are the sharded LoRA weights
+            self.params = shard_transformer(self.model, self.dist)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
         warmup = o.warmup_steps
@@ -247,6 +264,11 @@ class Trainer:
         )  # fmt: skip
         self.source = build_condition_source(cfg.data, cfg.runtime.seed, self.plan.global_conditions)
         self.held_out = self.source.held_out() if cfg.logging.eval_every > 0 else []
+        if cfg.runtime.fsdp:  # every FSDP forward needs all ranks: the same number of evaluation batches on each
+            s = cfg.sampler
+            check_lockstep_evaluation(
+                self.held_out, self.dist.world_size, s.rollout_batch or s.prompts_per_step * s.group_size
+            )
         self.reward = build_reward(cfg.rewards.to_reward_mapping())
         batch = self.plan.local_samples
         self.chunk = cfg.sampler.rollout_batch or batch
@@ -287,8 +309,9 @@ class Trainer:
             def train_step() -> None:
                 self.model.velocity(x, t, one).float().square().mean().backward()
 
-            fwd = float(count_flops(forward))
-            fwd_bwd = float(count_flops(train_step))
+            with torch.compiler.set_stance("force_eager"):  # compiled kernels would hide their ops from the counter
+                fwd = float(count_flops(forward))
+                fwd_bwd = float(count_flops(train_step))
             self.optimizer.zero_grad(set_to_none=True)
             self._flops[key] = (fwd, fwd_bwd)
         return self._flops[key]
@@ -318,7 +341,7 @@ class Trainer:
             index = torch.arange(rows.start, rows.stop, device=self.device)
             sub = cond if n_chunks == 1 else cond.index_select(index)
             with self._phase("rollout"):
-                part = rollout(
+                part = self._rollout_fn(
                     self.model, sub, schedule, initial, noise_level=cfg.sde.noise_level, noise_state=state,
                     t_cap=t_cap, window=cfg.sampler.window, group_ids=batch.group_ids[rows].to(self.device),
                     reduction=cfg.sde.reduction, backend=cfg.runtime.kernel_backend, annotate=self.annotate.range,
@@ -373,15 +396,16 @@ class Trainer:
         for _epoch in range(cfg.optim.inner_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             with self._phase("update"):
-                stats = grpo_backward(
+                stats = self._backward_fn(
                     self.model, ro, cond, advantages, steps, grpo=cfg.grpo, noise_level=cfg.sde.noise_level,
                     t_cap=t_cap, reduction=cfg.sde.reduction, micro_batch=micro,
                     backend=cfg.runtime.kernel_backend, annotate=self.annotate.range,
                 )  # fmt: skip
             with self._phase("optimizer"):
-                self.dist.average_gradients(self.params)
+                if not cfg.runtime.fsdp:  # under FSDP each backward has already reduce-scattered (averaged) them
+                    self.dist.average_gradients(self.params)
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-                norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+                norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, clip))  # global norm under FSDP too
                 values = torch.cat([stats.values.float(), norm.reshape(1).float().to(stats.values.device)])
                 values = self.dist.all_reduce_sum(values) / self.dist.world_size
                 read = values.tolist()  # the one host read of the update
@@ -409,6 +433,7 @@ class Trainer:
             out["grad_norm"] = read[-1]
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["trained_steps"] = len(steps)
+        out["cuda_graphs"] = self.graphs is not None and self.graphs.used
         return out
 
     def _ema_update(self) -> None:
@@ -448,6 +473,8 @@ class Trainer:
     def iteration(self, step: int) -> dict[str, Any]:
         """Run iteration ``step`` (0-based); returns its metrics row."""
         cfg = self.cfg
+        if self.compiled is not None and (outside := self.compiled.read()) > 0.1:
+            self.log(f"{outside:.1f} s in torch.compile before iteration {step + 1} (evaluation)")
         started = time.perf_counter()
         with self._phase("data"):
             batch = self.source.rank_batch(step, self.plan)
@@ -499,6 +526,10 @@ class Trainer:
             "mfu": mfu(total_flops, seconds, peak * self.dist.world_size if peak else None),
             "peak_mem_gib": peak_memory_gib(self.device),
         }
+        if self.compiled is not None:  # seconds of time/step spent compiling (first calls, recompilations)
+            row["time/compile"] = self.compiled.read()
+            if row["time/compile"] > 0.1:
+                self.log(f"iteration {step + 1}: {row['time/compile']:.1f} s of {seconds:.1f} s in torch.compile")
         self._last_batch = (batch, last_images, reward_values[local])
         return row
 
@@ -507,25 +538,40 @@ class Trainer:
     def _lora_state(self) -> dict[str, torch.Tensor]:
         from fastgrpo.models.lora import lora_state_dict
 
-        return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.model.transformer).items()}
+        # full_tensor gathers the shards under FSDP (a collective: every rank comes here)
+        return {k: full_tensor(v).cpu().clone() for k, v in lora_state_dict(self.model.transformer).items()}
+
+    def _gathered_lora(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the whole LoRA that files get (EMA when kept), gathered on every rank; None otherwise (the
+        model writes its own weights)."""
+        if not self.cfg.runtime.fsdp:
+            return None
+        lora = self._lora_state()
+        return lora if self.ema is None else dict(zip(lora, (full_tensor(e).cpu() for e in self.ema), strict=True))
 
     def save_checkpoint(self) -> Path:
         shared = {
             "step": self.step,
             "lora": self._lora_state(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": full_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
-            "ema": [e.cpu() for e in self.ema] if self.ema is not None else None,
+            "ema": [full_tensor(e).cpu() for e in self.ema] if self.ema is not None else None,
             "nonfinite_in_row": self.nonfinite_in_row,
             "skipped_total": self.skipped_total,
             "reward_failures_in_row": self.reward_failures_in_row,
             "config": config_to_dict(self.cfg),
         }
         per_rank = {"rng": _capture_rng(self.device)}
+        full = self._gathered_lora()
         with self._phase("checkpoint"):
-            return self.checkpoints.save(self.step, shared, per_rank, extra_writer=self._write_lora)
+            return self.checkpoints.save(
+                self.step, shared, per_rank, extra_writer=lambda directory: self._write_lora(directory, full)
+            )
 
-    def _write_lora(self, directory: Path) -> None:
+    def _write_lora(self, directory: Path, full: dict[str, torch.Tensor] | None = None) -> None:
+        if full is not None:  # FSDP: rank 0 alone writes what every rank gathered
+            write_lora(self.model, directory / "lora", full)
+            return
         with self._ema_weights():
             self.model.save_lora(directory / "lora")
 
@@ -543,12 +589,12 @@ class Trainer:
             raise TrainingError(f"checkpoint {loaded.path} does not fit this LoRA (e.g. {missing[:3]})")
         with torch.no_grad():
             for name, tensor in live.items():
-                tensor.copy_(shared["lora"][name])
-        self.optimizer.load_state_dict(shared["optimizer"])
+                shard_into_(tensor, shared["lora"][name])  # this rank's shard under FSDP
+        load_optimizer_state(self.optimizer, shared["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
         if self.ema is not None and shared["ema"] is not None:
             for e, saved in zip(self.ema, shared["ema"], strict=True):
-                e.copy_(saved)
+                shard_into_(e, saved)
         self.step = int(shared["step"])
         self.nonfinite_in_row = int(shared["nonfinite_in_row"])
         self.skipped_total = int(shared["skipped_total"])
@@ -560,14 +606,21 @@ class Trainer:
         return True
 
     def export_lora(self) -> Path:
-        """Write the final LoRA (EMA when kept) to ``run_dir/lora`` in the diffusers format, atomically."""
+        """Write the final LoRA (EMA when kept) to ``run_dir/lora`` in the diffusers format, atomically. Call it on
+        every rank: under FSDP the weights are gathered first; rank 0 writes."""
+        full = self._gathered_lora()
         target = self.run_dir.lora
+        if not self.dist.is_main:
+            return target
         tmp = target.with_name("lora.tmp")
         old = target.with_name("lora.old")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            with self._ema_weights():
-                self.model.save_lora(tmp)
+            if full is not None:
+                write_lora(self.model, tmp, full)
+            else:
+                with self._ema_weights():
+                    self.model.save_lora(tmp)
             if target.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
@@ -674,8 +727,9 @@ class Trainer:
             self.progress.close()
             self.evaluator.close(wait=False)
             self.run_dir.close()
+        if stopped is None:
+            self.export_lora()  # on every rank (FSDP gathers the LoRA first); rank 0 writes
         if self.dist.is_main and stopped is None:
-            self.export_lora()
             self._save_curve()
         self.dist.barrier()
         result.steps_done = self.step

@@ -242,6 +242,7 @@ def test_non_mapping_file_and_section(tmp_path):
         ("profile.steps=12:10", "profile.steps must be 'A:B' with 0 <= A < B"),
         ("profile.steps=150:250", "ends after runtime.max_steps=50"),
         ("profile.memory_snapshot=true", "set profile.steps"),
+        (("runtime.fsdp=true", "runtime.cuda_graphs=true"), "cannot capture FSDP's per-block all-gathers"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, message):
@@ -251,7 +252,7 @@ def test_bad_values_name_the_key_and_the_fix(override, message):
             load_config(None, [override, "runtime.device=cpu"])
         return
     with pytest.raises(ValueError) as info:
-        load_config(None, [override])
+        load_config(None, [override] if isinstance(override, str) else list(override))
     assert message in str(info.value)
 
 
