@@ -49,11 +49,12 @@ def _resolve(spec: str | Callable[..., EditModel]) -> Callable[..., EditModel]:
     return target
 
 
-def _load_tiny(path: str | Path | None = None, **kwargs: Any) -> EditModel:
+def _load_tiny(path: str | Path | None = None, *, size: int | None = None, **kwargs: Any) -> EditModel:
+    """The tiny editor from ``path``, or (``None``) its packaged weights for ``size``-pixel images (default 32)."""
     from fastgrpo.models import tiny_editor
 
     if path is None:
-        return tiny_editor.build_tiny_editor(**kwargs)
+        return tiny_editor.build_tiny_editor(tiny_editor.packaged_weights(size or tiny_editor.TINY_SIZE), **kwargs)
     return tiny_editor.build_tiny_editor(path, **kwargs)
 
 

@@ -207,8 +207,5 @@ def items_by_bucket(dataset: Any, count: int | None = None) -> list[list[Conditi
 def build_condition_source(cfg: DataConfig, seed: int, conditions_per_step: int) -> ConditionSource:
     """The source ``cfg`` names; ``conditions_per_step`` is ``P · W``."""
     if cfg.is_synthetic:
-        from fastgrpo.data.buckets import parse_resolutions
-
-        size = parse_resolutions(cfg.resolutions)[0].width
-        return SyntheticSource(size, seed, conditions_per_step, cfg.held_out)
+        return SyntheticSource(cfg.synthetic_size, seed, conditions_per_step, cfg.held_out)
     return DatasetSource(cfg, seed, conditions_per_step)

@@ -97,6 +97,17 @@ class TrainConfig:
                 f"profile.steps={self.profile.steps} ends after runtime.max_steps={self.runtime.max_steps}; "
                 "choose a window inside the run or raise runtime.max_steps"
             )
+        if self.model.type == "tiny" and self.model.path is None and self.data.is_synthetic:
+            from fastgrpo.models.tiny_editor import PACKAGED_WEIGHTS
+
+            if self.data.synthetic_size not in PACKAGED_WEIGHTS:
+                sizes = ", ".join(f"{s}x{s}" for s in sorted(PACKAGED_WEIGHTS))
+                raise ValueError(
+                    f"data.resolutions={list(self.data.resolutions)}: the packaged tiny editor has weights for "
+                    f"{sizes}; pick one of those, or train weights for this size (`python -m "
+                    f"fastgrpo.train.pretrain_tiny --size {self.data.synthetic_size} --out FILE`) and set "
+                    "model.path=FILE"
+                )
         if self.logging.eval_every > 0 and self.data.held_out == 0:
             raise ValueError(
                 "logging.eval_every > 0 evaluates held-out data: set data.held_out > 0 or logging.eval_every=0"

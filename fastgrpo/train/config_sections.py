@@ -43,7 +43,7 @@ class ModelConfig:
         dtype: dtype of the frozen base weights: ``bf16``, ``fp16``, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 on
             CPU). SDE and log-prob math run in float32 whatever this is.
         attention_backend: diffusers attention backend (``flash``, ``_flash_3``, ``xformers``, ``sage``,
-            ``native``); null keeps PyTorch SDPA.
+            ``native``; every model type, the tiny editor included); null keeps PyTorch SDPA.
         guidance_scale: distilled guidance scale of FLUX.1 Kontext (unitless; the pipeline's default is 2.5);
             null takes the model's default. Not used by Qwen-Image-Edit.
         true_cfg_scale: true classifier-free guidance scale of Qwen-Image-Edit (unitless); ``> 1`` turns CFG on
@@ -312,7 +312,7 @@ class DataConfig:
     source: str | None = "synthetic"
     preset: str = "auto"
     root: str | None = None
-    resolutions: tuple[str, ...] = ("32x32",)
+    resolutions: tuple[str, ...] = ("16x16",)
     multiple: int = 16
     max_bad_fraction: float = 0.05
     held_out: int = 64
@@ -345,7 +345,7 @@ class DataConfig:
             raise ValueError(f"data.resolutions: {error}") from None
         if self.is_synthetic and (len(sizes) != 1 or sizes[0].width != sizes[0].height):
             raise ValueError(
-                f"data.resolutions must be one square size for the synthetic task, e.g. [32x32]: got {res!r}"
+                f"data.resolutions must be one square size for the synthetic task, e.g. [16x16]: got {res!r}"
             )
         check_number("data.max_bad_fraction", self.max_bad_fraction, low=0.0, high=1.0, hint="0.05 = 5%")
         check_int("data.held_out", self.held_out, 0, "0 turns evaluation data off")
@@ -356,6 +356,13 @@ class DataConfig:
     def is_synthetic(self) -> bool:
         """Whether the conditions come from the built-in synthetic task."""
         return self.source == "synthetic"
+
+    @property
+    def synthetic_size(self) -> int:
+        """Image side in pixels of the synthetic task (its one square resolution)."""
+        from fastgrpo.data.buckets import parse_resolutions
+
+        return parse_resolutions(self.resolutions)[0].width
 
 
 @dataclass(frozen=True)
@@ -374,22 +381,24 @@ class RuntimeConfig:
             iterations are slow; the metric ``time/compile`` (seconds, part of ``time/step``) reports it. Inductor on
             the CPU needs a C++ compiler.
         cuda_graphs: replay the rollout loop and each update micro-step (forward, loss, backward) from CUDA graphs
-            captured per shape (:mod:`fastgrpo.train.graphs`); CUDA only. When capture is impossible the eager
-            code runs and the reason is logged once; each metrics row says ``cuda_graphs: true/false``.
+            captured per shape, at most 8 graphs per runner (:mod:`fastgrpo.train.graphs`). Refused with
+            ``device=cpu`` and with ``fsdp``; with ``device=auto`` on a machine without CUDA, and whenever capture is
+            impossible, the eager code runs and the reason is logged once; each metrics row says
+            ``cuda_graphs: true/false``.
         kernel_backend: fused-kernel backend: ``auto`` (Triton on CUDA tensors, PyTorch on CPU), ``triton``,
             ``torch`` or ``cuda`` (the native library built by CMake).
         distributed_backend: ``torch.distributed`` backend under ``torchrun``: ``auto`` (NCCL on CUDA, Gloo on
             CPU), ``nccl`` or ``gloo``.
-        fsdp: shard the transformer (base and LoRA weights, AdamW state) over the ranks with FSDP2, one unit per
+        fsdp: shard the transformer (base and LoRA weights, AdamW state, EMA) over the ranks with FSDP2, one unit per
             block, for models whose weights do not fit one GPU (:mod:`fastgrpo.train.sharding`). Needs a
             ``torchrun`` launch with 2 or more processes (one process refuses it) and held-out sets that give every
             rank the same number of evaluation batches. The reference policy stays the adapter-disabled model (no
-            copy); checkpoints and LoRA files hold whole tensors, as without FSDP.
+            copy); checkpoints and LoRA files hold whole tensors, as without FSDP. Not with ``cuda_graphs``.
     """
 
     device: str = "auto"
     seed: int = 0
-    max_steps: int = 50
+    max_steps: int = 250
     dtype: Literal["bf16", "fp16"] | None = None
     compile: bool = False
     cuda_graphs: bool = False
@@ -441,8 +450,8 @@ class LoggingConfig:
     output_dir: str = "runs"
     run_name: str | None = None
     log_every: int = 1
-    eval_every: int = 25
-    save_every: int = 25
+    eval_every: int = 50
+    save_every: int = 50
     keep_checkpoints: int | None = 3
     tensorboard: bool = False
     progress: bool = True

@@ -40,7 +40,14 @@ def build_model(cfg: Any, device: torch.device) -> EditModel:
         if m.type == "qwen_image_edit":
             kwargs["true_cfg_scale"] = m.true_cfg_scale
             kwargs["negative_prompt"] = m.negative_prompt
-    return load_model(m.type, m.path, **kwargs)
+    if m.type == "tiny" and m.path is None and cfg.data.is_synthetic:  # the packaged weights of the task's size
+        kwargs["size"] = cfg.data.synthetic_size
+    model = load_model(m.type, m.path, **kwargs)
+    if m.type == "tiny" and m.attention_backend is not None:  # the tiny loader has no attention_backend argument
+        from fastgrpo.models.checkpoints import set_attention_backend
+
+        set_attention_backend(model.transformer, m.attention_backend)
+    return model
 
 
 def item_noise(model: EditModel, index: int, height: int, width: int, seed: int) -> torch.Tensor:

@@ -36,7 +36,8 @@ HELD_OUT_SEED_OFFSET = 1000
 class PretrainConfig:
     """Attributes: steps, batch (samples per step), lr (AdamW peak, cosine decay after ``warmup`` steps),
     ema (decay of the saved weight average), seed (initialisation, data and noise), eval_every (steps),
-    eval_samples (held-out samples scored), out (the safetensors file written)."""
+    eval_samples (held-out samples scored), size (side of the task's square images in pixels: 16 or 32), out (the
+    safetensors file written)."""
 
     steps: int = 3000
     batch: int = 32
@@ -46,7 +47,12 @@ class PretrainConfig:
     seed: int = 0
     eval_every: int = 500
     eval_samples: int = 64
+    size: int = tiny_editor.TINY_SIZE
     out: str = str(tiny_editor.WEIGHTS)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.size, int) and self.size >= 16 and self.size % 16 == 0):
+            raise ValueError(f"size must be a multiple of 16 pixels (16, 32, ...), got {self.size!r}")
 
 
 def _stack(samples: list[SyntheticEdit], attr: str) -> torch.Tensor:
@@ -100,8 +106,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         p.requires_grad_(True)
     ema = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    task = SyntheticEditTask(size=tiny_editor.TINY_SIZE, seed=cfg.seed)
-    held_out = SyntheticEditTask(size=tiny_editor.TINY_SIZE, seed=cfg.seed + HELD_OUT_SEED_OFFSET)
+    task = SyntheticEditTask(size=cfg.size, seed=cfg.seed)
+    held_out = SyntheticEditTask(size=cfg.size, seed=cfg.seed + HELD_OUT_SEED_OFFSET)
     eval_set = [held_out.sample(i) for i in range(cfg.eval_samples)]
     gen = torch.Generator().manual_seed(cfg.seed)
     result: dict = {}

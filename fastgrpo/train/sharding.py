@@ -40,7 +40,7 @@ Decisions and their reasons:
 - **One process** is refused (:func:`shard_transformer` raises): ``fully_shard`` needs an initialised process group,
   and sharding over one rank saves nothing; launch with ``torchrun --nproc-per-node N`` (N >= 2).
 
-Works with NCCL on GPUs and Gloo on CPUs (the tests run two Gloo processes).
+Written for NCCL on GPUs and Gloo on CPUs; the tests run two Gloo processes (NCCL has not been exercised yet).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def shard_transformer(model: EditModel, dist: DistContext) -> list[nn.Parameter]
     if not dist.active:
         raise ValueError(
             "runtime.fsdp=true shards the transformer over the ranks of a torchrun launch, but this process runs "
-            "alone: launch with `torchrun --nproc-per-node N fastgrpo train ...` (N >= 2), or set runtime.fsdp=false "
-            "(one process holds the whole model anyway)"
+            "alone: launch with `torchrun --nproc-per-node N -m fastgrpo.train.cli train ...` (N >= 2), or set "
+            "runtime.fsdp=false (one process holds the whole model anyway)"
         )
     transformer = model.transformer
     if not has_lora(transformer) or not hasattr(model, "lora_pipeline_class"):

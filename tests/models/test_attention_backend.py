@@ -111,3 +111,16 @@ def test_attention_backends_and_env_list_what_is_usable(capsys) -> None:
     for name, missing in found.items():
         if missing is not None:
             assert f"    {name}: unavailable, {missing}" in out
+
+
+def test_trainer_model_of_the_tiny_editor_takes_the_attention_backend() -> None:
+    from fastgrpo.train.config import load_config
+    from fastgrpo.train.evaluate import build_model
+
+    cfg = load_config(None, ["model.attention_backend=native", "runtime.device=cpu"])
+    model = build_model(cfg, torch.device("cpu"))
+    processors = [m.processor for m in model.transformer.modules() if hasattr(m, "processor")]
+    backends = {getattr(getattr(p, "_attention_backend", None), "value", None) for p in processors}
+    assert processors and backends == {"native"}, backends
+    with pytest.raises(ValueError, match="flash"):
+        build_model(load_config(None, ["model.attention_backend=flash", "runtime.device=cpu"]), torch.device("cpu"))

@@ -11,7 +11,7 @@ import pytest
 
 from fastgrpo.core.objective import GRPOConfig
 from fastgrpo.core.sde import SDEConfig
-from fastgrpo.models.tiny_editor import EVAL_STEPS, TINY_SIZE, TRAIN_STEPS
+from fastgrpo.models.tiny_editor import EVAL_STEPS, PACKAGED_WEIGHTS, TINY_SIZE, TRAIN_STEPS
 from fastgrpo.train.config import (
     CONFIG_FILENAME,
     TrainConfig,
@@ -41,7 +41,8 @@ def test_defaults_validate_and_are_the_cpu_demo():
     assert cfg == TrainConfig()
     assert isinstance(cfg.sde, SDEConfig) and isinstance(cfg.grpo, GRPOConfig)
     assert cfg.model.type == "tiny" and cfg.model.path is None
-    assert cfg.data.is_synthetic and cfg.data.resolutions == (f"{TINY_SIZE}x{TINY_SIZE}",)
+    assert cfg.data.is_synthetic and cfg.data.resolutions == ("16x16",) and cfg.data.synthetic_size == 16
+    assert cfg.data.synthetic_size in PACKAGED_WEIGHTS and TINY_SIZE in PACKAGED_WEIGHTS
     assert (cfg.sampler.train_steps, cfg.sampler.eval_steps) == (TRAIN_STEPS, EVAL_STEPS)
     assert cfg.rewards.to_reward_mapping() == {
         "components": {"rules": {"type": "rules", "weight": 1.0}},
@@ -240,8 +241,9 @@ def test_non_mapping_file_and_section(tmp_path):
         ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be >= 1 (or null to keep all)"),
         ("data.held_out=0", "set data.held_out > 0 or logging.eval_every=0"),
         ("profile.steps=12:10", "profile.steps must be 'A:B' with 0 <= A < B"),
-        ("profile.steps=150:250", "ends after runtime.max_steps=50"),
+        ("profile.steps=200:300", "ends after runtime.max_steps=250"),
         ("profile.memory_snapshot=true", "set profile.steps"),
+        ("data.resolutions=[48x48]", "the packaged tiny editor has weights for 16x16, 32x32; pick one of those"),
         (("runtime.fsdp=true", "runtime.cuda_graphs=true"), "cannot capture FSDP's per-block all-gathers"),
     ],
 )

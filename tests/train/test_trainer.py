@@ -411,3 +411,19 @@ def test_an_update_raises_the_log_prob_of_better_than_average_rollouts(tmp_path)
     trainer.close()
     assert float((change * adv).sum()) > 0
     assert float(change[adv > 0].mean()) > float(change[adv < 0].mean())
+
+
+def test_default_run_improves_the_editor_at_reduced_length(tmp_path):
+    """The built-in demo, cut to 40 iterations and 32 held-out conditions: the held-out ODE reward rises. (The full
+    default, 250 iterations, gains about 0.025 on 64 conditions; the first 50 iterations about 0.009 for each seed
+    measured, so the margin below is about half of what 40 iterations give.)"""
+    cfg = load_config(
+        None,
+        [
+            f"logging.output_dir={tmp_path}", "logging.run_name=demo", "logging.progress=false",
+            "runtime.max_steps=40", "logging.eval_every=40", "logging.save_every=0", "data.held_out=32",
+        ],
+    )  # fmt: skip
+    _, result = run_trainer(cfg)
+    assert result.initial_eval is not None and result.final_eval is not None
+    assert result.final_eval > result.initial_eval + 0.003, (result.initial_eval, result.final_eval)
