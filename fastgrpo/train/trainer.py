@@ -77,7 +77,11 @@ __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
 logger = logging.getLogger(__name__)
 
 #: config keys a resumed run may change (everything else must equal the saved config)
-RESUMABLE_CHANGES = ("runtime.max_steps", "logging.", "profile.", "runtime.device", "runtime.kernel_backend")
+# settings a resumed run may change: length, logging, and how (not what) it computes
+RESUMABLE_CHANGES = (
+    "runtime.max_steps", "logging.", "profile.", "runtime.device", "runtime.kernel_backend", "runtime.compile",
+    "runtime.cuda_graphs", "model.attention_backend",
+)  # fmt: skip
 
 _M63 = (1 << 63) - 1
 
