@@ -20,7 +20,7 @@ import torch
 
 from fastgrpo.models.base import Condition, EditModel
 
-__all__ = ["CAPTURE_MODES", "DEFAULT_MAX_GRAPHS", "GraphCache", "GraphRunner"]
+__all__ = ["CAPTURE_MODES", "DEFAULT_MAX_GRAPHS", "CapturedGraph", "GraphCache", "GraphRunner"]
 
 #: the logger of every CUDA-graph message (a child of ``fastgrpo``)
 logger = logging.getLogger("fastgrpo.train.graphs")
@@ -37,6 +37,17 @@ class Releasable(Protocol):
 
 
 E = TypeVar("E", bound=Releasable)
+
+
+class CapturedGraph:
+    """Base of a runner's cache entry: ``release()`` resets its ``graph`` (a ``torch.cuda.CUDAGraph``)."""
+
+    graph: Any
+
+    def release(self) -> None:
+        if self.graph is not None:
+            self.graph.reset()
+        self.graph = None
 
 
 class GraphCache(Generic[E]):

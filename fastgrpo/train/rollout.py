@@ -11,7 +11,7 @@ captured in a CUDA graph and still draw fresh noise on every replay.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -33,6 +33,38 @@ def sde_mask(num_steps: int, window: tuple[int, int] | None) -> Tensor:
     mask = torch.zeros(num_steps, dtype=torch.bool)
     mask[start:end] = True
     return mask
+
+
+def rollout_steps(
+    model: EditModel,
+    cond: Condition,
+    latents: Tensor,
+    log_probs: Tensor,
+    times: Tensor,
+    levels: Sequence[float],
+    t_cap: float,
+    state: Tensor,
+    reduction: str,
+    backend: str,
+    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
+) -> None:
+    """The step loop of :func:`rollout` on given buffers: ``latents [B, K+1, N, C]`` float32 (row 0 holds the
+    initial noise), ``log_probs [B, K]`` float32, ``times [K+1]`` float32 on the latents' device, ``levels`` the
+    ``K`` noise levels (host floats), ``state`` int64 [2] (advanced in place). No allocation beyond the step
+    outputs and no host-to-device copy, so a CUDA graph can capture it (:mod:`fastgrpo.train.rollout_graph`).
+    """
+    batch = latents.shape[0]
+    t, t_next = times[:-1], times[1:]
+    for k, level in enumerate(levels):
+        with annotate(f"rollout step {k}") if annotate is not None else contextlib.nullcontext():
+            x = latents[:, k]
+            v = model.velocity(x, t[k].expand(batch), cond)
+            x_next, logp = sde_step(
+                x, v, t[k], t_next[k], noise_level=level, t_cap=t_cap, seed=state, reduction=reduction,
+                backend=backend,
+            )  # fmt: skip
+            latents[:, k + 1] = x_next
+            log_probs[:, k] = logp
 
 
 @torch.no_grad()
@@ -77,16 +109,7 @@ def rollout(
     latents = torch.empty((batch, k_steps + 1, *initial_noise.shape[1:]), dtype=torch.float32, device=device)
     log_probs = torch.zeros((batch, k_steps), dtype=torch.float32, device=device)
     latents[:, 0] = initial_noise
-    for k in range(k_steps):
-        with annotate(f"rollout step {k}") if annotate is not None else contextlib.nullcontext():
-            x = latents[:, k]
-            v = model.velocity(x, times.t[k].expand(batch), cond)
-            x_next, logp = sde_step(
-                x, v, times.t[k], times.t_next[k], noise_level=levels[k], t_cap=cap, seed=noise_state,
-                reduction=reduction, backend=backend,
-            )  # fmt: skip
-            latents[:, k + 1] = x_next
-            log_probs[:, k] = logp
+    rollout_steps(model, cond, latents, log_probs, times.times, levels, cap, noise_state, reduction, backend, annotate)
     ids = group_ids if group_ids is not None else torch.arange(batch, device=device)
     rewards = torch.full((batch,), float("nan"), dtype=torch.float32, device=device)
     return Rollout(latents, log_probs, times.times, trained, ids, rewards).validate()

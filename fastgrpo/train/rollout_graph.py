@@ -8,7 +8,6 @@ outputs: the latents and log-probs, cloned out after each replay.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +16,17 @@ from torch import Tensor
 
 from fastgrpo.core.containers import Rollout
 from fastgrpo.core.schedule import StepSchedule
-from fastgrpo.kernels import sde_step
 from fastgrpo.models.base import Condition, EditModel
 from fastgrpo.train.graph_capture import (
     DEFAULT_MAX_GRAPHS,
     Annotate,
+    CapturedGraph,
     GraphRunner,
     cond_signature,
     copy_cond,
     static_cond,
 )
-from fastgrpo.train.rollout import rollout, sde_mask
+from fastgrpo.train.rollout import rollout, rollout_steps, sde_mask
 
 __all__ = ["RolloutGraphRunner"]
 
@@ -42,38 +41,8 @@ def _check_state(noise_state: Tensor, device: torch.device) -> None:
         raise ValueError(f"noise_state is on {noise_state.device} but the latents are on {device}; move it there")
 
 
-def _rollout_steps(
-    model: EditModel,
-    cond: Condition,
-    latents: Tensor,
-    log_probs: Tensor,
-    times: Tensor,
-    levels: Sequence[float],
-    t_cap: float,
-    state: Tensor,
-    reduction: str,
-    backend: str,
-) -> None:
-    """The loop of :func:`~fastgrpo.train.rollout.rollout` on given buffers: ``latents [B, K+1, N, C]`` float32
-    (row 0 holds the initial noise), ``log_probs [B, K]`` float32, ``times [K+1]`` float32, ``state`` int64 [2].
-
-    A copy of that loop without its per-call allocations and host-to-device copies (not capturable); the tests
-    check that the two agree bit for bit.
-    """
-    batch = latents.shape[0]
-    t, t_next = times[:-1], times[1:]
-    for k, level in enumerate(levels):
-        x = latents[:, k]
-        v = model.velocity(x, t[k].expand(batch), cond)
-        x_next, logp = sde_step(
-            x, v, t[k], t_next[k], noise_level=level, t_cap=t_cap, seed=state, reduction=reduction, backend=backend
-        )
-        latents[:, k + 1] = x_next
-        log_probs[:, k] = logp
-
-
 @dataclass
-class _RolloutGraph:
+class _RolloutGraph(CapturedGraph):
     """A captured rollout: static inputs (``latents[:, 0]``, ``times``, ``state``, ``cond``) and outputs."""
 
     graph: Any  # torch.cuda.CUDAGraph
@@ -83,11 +52,6 @@ class _RolloutGraph:
     state: Tensor  # int64 [2]
     cond: Condition
     trained: Tensor  # [K] bool
-
-    def release(self) -> None:
-        if self.graph is not None:
-            self.graph.reset()
-        self.graph = None
 
 
 class RolloutGraphRunner(GraphRunner):
@@ -198,8 +162,9 @@ class RolloutGraphRunner(GraphRunner):
 
         def body() -> None:
             with torch.no_grad():
-                _rollout_steps(self.model, static, latents, log_probs, static_times, levels, cap, state, reduction,
-                               backend)  # fmt: skip
+                rollout_steps(
+                    self.model, static, latents, log_probs, static_times, levels, cap, state, reduction, backend
+                )
 
         graph, _ = self._capture(body, device)
         return _RolloutGraph(graph, latents, log_probs, static_times, state, static, mask.to(device))

@@ -29,6 +29,7 @@ from fastgrpo.models.base import Condition, EditModel
 from fastgrpo.train.graph_capture import (
     DEFAULT_MAX_GRAPHS,
     Annotate,
+    CapturedGraph,
     GraphRunner,
     cond_signature,
     copy_cond,
@@ -86,7 +87,7 @@ def _micro_step(
 
 
 @dataclass
-class _StepGraph:
+class _StepGraph(CapturedGraph):
     """A captured micro-step: its static inputs and its static statistics output."""
 
     graph: Any  # torch.cuda.CUDAGraph (None until captured)
@@ -98,11 +99,6 @@ class _StepGraph:
     weight: Tensor  # 0-d float32
     cond: Condition
     stats: Tensor | None  # [len(STAT_NAMES)] float32, overwritten by each replay
-
-    def release(self) -> None:
-        if self.graph is not None:
-            self.graph.reset()
-        self.graph = None
 
 
 class UpdateGraphRunner(GraphRunner):
