@@ -20,8 +20,8 @@ records: ``median_s``, ``p20_s``, ``p80_s`` of an iteration; ``phase_<name>_s``,
 (``rollout``, ``decode``, ``reward``, ``advantages``, ``update``, ``optimizer``, ...; CUDA events on a GPU);
 ``images_per_s`` = samples / median; ``flops_per_iteration`` (model FLOPs counted by ``FlopCounterMode``: rollout
 forwards, trained forward + backward, reference forwards where beta > 0); ``mfu`` = FLOPs / median / the device's
-dense bf16 peak (``fastgrpo.train.observe.PEAK_TFLOPS``; None on CPU); ``peak_mem_gib`` (largest per-iteration peak
-of allocated CUDA memory); the device, versions and commit; and, from the same session,
+dense bf16 peak (``fastgrpo.train.metrics.flops.PEAK_TFLOPS``; None on CPU); ``peak_mem_gib`` (largest per-iteration
+peak of allocated CUDA memory); the device, versions and commit; and, from the same session,
 ``speedup_vs_flow_grpo_eager`` (baseline median / median: the fastgrpo/baseline ratio),
 ``rollout_speedup_vs_flow_grpo_eager``, ``update_speedup_vs_flow_grpo_eager``, ``speedup_vs_fastgrpo`` and
 ``rollout_speedup_vs_fastgrpo`` (what CUDA graphs or compile add to plain fastgrpo).
@@ -48,7 +48,7 @@ from flow_grpo_iteration import FlowGRPOIteration
 from measure import BenchSettings, synchronize, timing_of_benchmark
 from summary import BASELINE, ResultStore
 
-from fastgrpo.train.observe import mfu, peak_flops, reset_peak_memory
+from fastgrpo.train.metrics.flops import mfu, peak_flops, reset_peak_memory
 
 HERE = Path(__file__).resolve().parent
 KONTEXT_CONFIG = HERE / "flux_kontext_random.yaml"
@@ -193,7 +193,7 @@ def test_train_step(benchmark, train_spec, bench_settings, bench_facts, result_s
     if reason:
         pytest.skip(reason)
     pytest.importorskip("diffusers")
-    from fastgrpo.train.trainer import Trainer
+    from fastgrpo.train.loop import Trainer
 
     cfg = case.load(provider, device, tmp_path)
     compiled = provider == "fastgrpo_compile"

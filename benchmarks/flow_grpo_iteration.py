@@ -45,9 +45,10 @@ from fastgrpo.core.objective import GRPOConfig
 from fastgrpo.models.base import Condition, EditModel
 from fastgrpo.rewards.base import RewardBatch
 from fastgrpo.train.evaluate import decode_uint8
-from fastgrpo.train.observe import PhaseTimer, mfu, peak_flops, peak_memory_gib
+from fastgrpo.train.loop import Trainer, mix_seed
+from fastgrpo.train.metrics.flops import mfu, peak_flops, peak_memory_gib
+from fastgrpo.train.profiling import PhaseTimer
 from fastgrpo.train.rollout import sde_mask
-from fastgrpo.train.trainer import Trainer, mix_seed
 
 # Flow-GRPO's FLUX.1 Kontext config: sample.train_batch_size = train.batch_size = 3 per GPU.
 FLOW_GRPO_BATCH = 3

@@ -66,9 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``fastgrpo train``: GRPO on the config (the built-in demo by default); resumes a run directory."""
     import logging
 
-    from fastgrpo.train.checkpoint import CheckpointError
-    from fastgrpo.train.run_dir import RunDirError
-    from fastgrpo.train.trainer import TrainingError, train
+    from fastgrpo.train.loop import TrainingError, train
+    from fastgrpo.train.storage.checkpoints import CheckpointError
+    from fastgrpo.train.storage.run_dir import RunDirError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -22,7 +22,7 @@ import torch
 
 from fastgrpo.core.shapes import EditSpec
 from fastgrpo.data.synthetic import SyntheticEditTask
-from fastgrpo.train.config_sections import DataConfig
+from fastgrpo.train.config.sections import DataConfig
 
 __all__ = ["ConditionItem", "ConditionPlan", "ConditionSource", "RankBatch", "build_condition_source"]
 

@@ -17,8 +17,8 @@ import torch
 from fastgrpo.models.base import EditModel, images_to_tensor
 from fastgrpo.rewards.composite import CompositeReward
 from fastgrpo.train.conditions import ConditionItem
-from fastgrpo.train.distributed import DistContext
-from fastgrpo.train.sampling import sample_ode
+from fastgrpo.train.ode_sampling import sample_ode
+from fastgrpo.train.parallel.distributed import DistContext
 
 __all__ = ["build_model", "decode_uint8", "evaluate_conditions", "item_noise", "run_evaluation"]
 
@@ -162,7 +162,7 @@ def run_evaluation(
 
     from fastgrpo.rewards.registry import build_reward
     from fastgrpo.train.conditions import build_condition_source
-    from fastgrpo.train.distributed import init_distributed
+    from fastgrpo.train.parallel.distributed import init_distributed
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")

@@ -27,7 +27,7 @@ from fastgrpo.models import tiny_editor
 from fastgrpo.models.base import images_to_tensor
 from fastgrpo.models.packing import pack_latents
 from fastgrpo.rewards.rules import RuleReward
-from fastgrpo.train.sampling import sample_ode
+from fastgrpo.train.ode_sampling import sample_ode
 
 HELD_OUT_SEED_OFFSET = 1000
 

@@ -51,7 +51,7 @@ def rollout_steps(
     """The step loop of :func:`rollout` on given buffers: ``latents [B, K+1, N, C]`` float32 (row 0 holds the
     initial noise), ``log_probs [B, K]`` float32, ``times [K+1]`` float32 on the latents' device, ``levels`` the
     ``K`` noise levels (host floats), ``state`` int64 [2] (advanced in place). No allocation beyond the step
-    outputs and no host-to-device copy, so a CUDA graph can capture it (:mod:`fastgrpo.train.rollout_graph`).
+    outputs and no host-to-device copy, so a CUDA graph can capture it (:mod:`fastgrpo.train.graphs.rollout`).
     """
     batch = latents.shape[0]
     t, t_next = times[:-1], times[1:]

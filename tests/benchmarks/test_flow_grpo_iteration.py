@@ -25,8 +25,8 @@ from fastgrpo.core.advantages import group_advantages  # noqa: E402
 from fastgrpo.kernels import noise_state  # noqa: E402
 from fastgrpo.kernels.sde.naive import step_logprob_ref  # noqa: E402
 from fastgrpo.train.config import load_config  # noqa: E402
+from fastgrpo.train.loop import Trainer  # noqa: E402
 from fastgrpo.train.rollout import rollout  # noqa: E402
-from fastgrpo.train.trainer import Trainer  # noqa: E402
 from fastgrpo.train.update import grpo_backward  # noqa: E402
 
 #: the micro random Kontext model (1 + 1 blocks), 2 conditions x 3 samples (two Flow-GRPO batches of 3), 3 SDE

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fastgrpo.train import trainer as trainer_module
-from fastgrpo.train.checkpoint import CheckpointManager
+from fastgrpo.train import loop as trainer_module
 from fastgrpo.train.cli import main
 from fastgrpo.train.config import load_config
-from fastgrpo.train.run_dir import RunDirError
-from fastgrpo.train.trainer import Trainer, TrainingError, train
+from fastgrpo.train.loop import Trainer, TrainingError, train
+from fastgrpo.train.storage.checkpoints import CheckpointManager
+from fastgrpo.train.storage.run_dir import RunDirError
 
 #: a small, fast run: 2 conditions x 4 samples, 4 rollout steps, 4 evaluation steps, 4 held-out conditions
 SMALL = [
@@ -274,7 +274,7 @@ def test_unwritable_output_directory_is_reported_before_training(tmp_path, capsy
 
 
 def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
-    from fastgrpo.train import run_dir
+    from fastgrpo.train.storage import run_dir
 
     monkeypatch.setattr(run_dir.RunDir, "free_bytes", lambda self: 1024)
     with pytest.raises(RunDirError, match="MiB free but the run's checkpoints need"):
@@ -282,7 +282,7 @@ def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_logging_is_reported(tmp_path, monkeypatch):
-    from fastgrpo.train import run_dir
+    from fastgrpo.train.storage import run_dir
 
     def full(self, row):
         raise RunDirError(run_dir.describe_os_error(OSError(errno.ENOSPC, "No space left on device"),
@@ -310,7 +310,7 @@ def test_config_errors_exit_with_a_message(tmp_path, capsys, override, message):
 
 def test_chunked_rollouts_score_each_chunk_while_the_next_rolls_out(tmp_path, monkeypatch):
     events: list[str] = []
-    from fastgrpo.train import trainer as tm
+    from fastgrpo.train import loop as tm
 
     real_rollout = tm.rollout
 

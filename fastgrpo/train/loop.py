@@ -42,26 +42,14 @@ from fastgrpo.core.containers import Rollout
 from fastgrpo.kernels import noise_state
 from fastgrpo.kernels.grpo.naive import STAT_NAMES
 from fastgrpo.models.base import Condition, EditModel, images_to_tensor
-from fastgrpo.train.checkpoint import CheckpointManager
 from fastgrpo.train.conditions import ConditionPlan, RankBatch, build_condition_source
 from fastgrpo.train.config import TrainConfig, config_to_dict, load_config, save_resolved_config
-from fastgrpo.train.distributed import DistContext, init_distributed
 from fastgrpo.train.evaluate import build_model, decode_uint8, evaluate_conditions
 from fastgrpo.train.graphs import TrainingGraphs
-from fastgrpo.train.observe import (
-    Annotator,
-    PhaseTimer,
-    ProfileWindow,
-    ProgressBar,
-    count_flops,
-    mfu,
-    peak_flops,
-    peak_memory_gib,
-    reset_peak_memory,
-)
-from fastgrpo.train.rollout import rollout
-from fastgrpo.train.run_dir import RunDir, RunDirError
-from fastgrpo.train.sharding import (
+from fastgrpo.train.metrics.flops import count_flops, mfu, peak_flops, peak_memory_gib, reset_peak_memory
+from fastgrpo.train.metrics.progress import ProgressBar
+from fastgrpo.train.parallel.distributed import DistContext, init_distributed
+from fastgrpo.train.parallel.fsdp import (
     check_lockstep_evaluation,
     full_optimizer_state,
     full_tensor,
@@ -70,6 +58,10 @@ from fastgrpo.train.sharding import (
     shard_transformer,
     write_lora,
 )
+from fastgrpo.train.profiling import Annotator, PhaseTimer, ProfileWindow
+from fastgrpo.train.rollout import rollout
+from fastgrpo.train.storage.checkpoints import CheckpointManager
+from fastgrpo.train.storage.run_dir import RunDir, RunDirError
 from fastgrpo.train.update import grpo_backward
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
@@ -247,7 +239,9 @@ class Trainer:
 
             self.compiled = compile_blocks(self.model.transformer)
             self.log(f"torch.compile: {self.compiled.describe()}; first calls compile (time/compile in metrics)")
-        if cfg.runtime.fsdp:  # FSDP2 (fastgrpo.train.sharding): from here on self.params are the sharded LoRA weights
+        if (
+            cfg.runtime.fsdp
+        ):  # FSDP2 (fastgrpo.train.parallel.fsdp): from here on self.params are the sharded LoRA weights
             self.params = shard_transformer(self.model, self.dist)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
@@ -632,7 +626,7 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         except OSError as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            from fastgrpo.train.run_dir import describe_os_error
+            from fastgrpo.train.storage.run_dir import describe_os_error
 
             raise RunDirError(describe_os_error(error, target, "write the LoRA to")) from None
         return target
@@ -640,7 +634,7 @@ class Trainer:
     # --- outputs ---------------------------------------------------------------------------------------------------
 
     def _save_samples(self) -> None:
-        from fastgrpo.train.plots import save_group_grid
+        from fastgrpo.train.metrics.plots import save_group_grid
 
         batch, images, rewards = self._last_batch
         group = self.cfg.sampler.group_size
@@ -653,7 +647,7 @@ class Trainer:
         )  # fmt: skip
 
     def _save_curve(self) -> None:
-        from fastgrpo.train.plots import save_reward_curve
+        from fastgrpo.train.metrics.plots import save_reward_curve
 
         save_reward_curve(
             self.run_dir.curve_path, self.run_dir.read_metrics(), title=f"reward - {self.run_dir.path.name}"

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastgrpo.core.objective import GRPOConfig
 from fastgrpo.core.sde import SDEConfig
-from fastgrpo.train.config_sections import (
+from fastgrpo.train.config.sections import (
     DataConfig,
     LoggingConfig,
     LoRAConfig,
@@ -35,7 +35,7 @@ from fastgrpo.train.config_sections import (
     RuntimeConfig,
     SamplerConfig,
 )
-from fastgrpo.train.config_yaml import dump_yaml, parse_yaml, read_yaml_file
+from fastgrpo.train.config.yaml_io import dump_yaml, parse_yaml, read_yaml_file
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -336,7 +336,7 @@ def save_resolved_config(cfg: TrainConfig, run_dir: str | Path) -> Path:
     target = run_dir / CONFIG_FILENAME
     text = "# resolved fastgrpo training config of this run; reload it with load_config(path)\n"
     text += dump_yaml(config_to_dict(cfg))
-    from fastgrpo.train.checkpoint import atomic_write_bytes
+    from fastgrpo.train.storage.checkpoints import atomic_write_bytes
 
     atomic_write_bytes(target, text.encode("utf-8"))
     return target

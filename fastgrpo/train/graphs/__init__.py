@@ -1,9 +1,9 @@
 """CUDA graphs for the two launch-bound loops of a GRPO iteration (``runtime.cuda_graphs``).
 
-* :class:`RolloutGraphRunner` (:mod:`~fastgrpo.train.rollout_graph`) captures the whole fixed rollout loop of
+* :class:`RolloutGraphRunner` (:mod:`~fastgrpo.train.graphs.rollout`) captures the whole fixed rollout loop of
   :func:`~fastgrpo.train.rollout.rollout` (``train_steps`` transformer forwards, each followed by the fused
   ``sde_step``) as one graph per shape key.
-* :class:`UpdateGraphRunner` (:mod:`~fastgrpo.train.update_graph`) captures one training micro-step of
+* :class:`UpdateGraphRunner` (:mod:`~fastgrpo.train.graphs.update`) captures one training micro-step of
   :func:`~fastgrpo.train.update.grpo_backward` (policy forward, the reference forward when ``beta > 0``, fused
   log-prob/KL, clipped loss, backward) per micro-batch shape; gradients accumulate in place into the LoRA
   parameters' ``.grad``; the all-reduce, clipping and the optimiser stay outside the graphs.
@@ -48,9 +48,9 @@ from collections.abc import Sequence
 import torch
 
 from fastgrpo.models.base import EditModel
-from fastgrpo.train.graph_capture import DEFAULT_MAX_GRAPHS, GraphCache
-from fastgrpo.train.rollout_graph import RolloutGraphRunner
-from fastgrpo.train.update_graph import UpdateGraphRunner
+from fastgrpo.train.graphs.capture import DEFAULT_MAX_GRAPHS, GraphCache
+from fastgrpo.train.graphs.rollout import RolloutGraphRunner
+from fastgrpo.train.graphs.update import UpdateGraphRunner
 
 __all__ = ["DEFAULT_MAX_GRAPHS", "GraphCache", "RolloutGraphRunner", "TrainingGraphs", "UpdateGraphRunner"]
 

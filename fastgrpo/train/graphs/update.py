@@ -26,7 +26,7 @@ from fastgrpo.core.objective import GRPOConfig, step_loss
 from fastgrpo.kernels import GRPOStats
 from fastgrpo.kernels.grpo.naive import STAT_NAMES
 from fastgrpo.models.base import Condition, EditModel
-from fastgrpo.train.graph_capture import (
+from fastgrpo.train.graphs.capture import (
     DEFAULT_MAX_GRAPHS,
     Annotate,
     CapturedGraph,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgrpo.train import plots
-from fastgrpo.train.plots import group_grid_size, save_group_grid, save_reward_curve
+from fastgrpo.train.metrics import plots
+from fastgrpo.train.metrics.plots import group_grid_size, save_group_grid, save_reward_curve
 
 H, W, G, SCALE = 32, 24, 4, 4
 

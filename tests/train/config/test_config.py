@@ -21,7 +21,7 @@ from fastgrpo.train.config import (
     load_config,
     save_resolved_config,
 )
-from fastgrpo.train.config_sections import ProfileConfig, SamplerConfig
+from fastgrpo.train.config.sections import ProfileConfig, SamplerConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastgrpo.train.checkpoint import atomic_write_bytes
+from fastgrpo.train.storage.checkpoints import atomic_write_bytes
 
 __all__ = ["METRICS_FILENAME", "RunDir", "RunDirError", "describe_os_error"]
 

@@ -16,8 +16,8 @@ import torch
 
 from fastgrpo.models.lora import lora_state_dict, read_lora
 from fastgrpo.train.config import load_config
-from fastgrpo.train.sharding import check_lockstep_evaluation
-from fastgrpo.train.trainer import Trainer
+from fastgrpo.train.loop import Trainer
+from fastgrpo.train.parallel.fsdp import check_lockstep_evaluation
 
 COMMON = [
     "sampler.group_size=2",
@@ -42,8 +42,8 @@ WORKER = textwrap.dedent(
     from fastgrpo.models.lora import lora_state_dict
     from fastgrpo.train.config import load_config
     from fastgrpo.train.evaluate import build_model
-    from fastgrpo.train.sharding import full_optimizer_state, full_tensor
-    from fastgrpo.train.trainer import Trainer
+    from fastgrpo.train.parallel.fsdp import full_optimizer_state, full_tensor
+    from fastgrpo.train.loop import Trainer
 
     def snapshot(trainer):
         lora = {k: full_tensor(v).clone() for k, v in lora_state_dict(trainer.model.transformer).items()}

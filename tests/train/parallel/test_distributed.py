@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from fastgrpo.train.config import load_config
-from fastgrpo.train.trainer import Trainer
+from fastgrpo.train.loop import Trainer
 
 COMMON = [
     "sampler.group_size=4",
@@ -33,7 +33,7 @@ WORKER = textwrap.dedent(
     import sys, torch
     from fastgrpo.models.lora import lora_state_dict
     from fastgrpo.train.config import load_config
-    from fastgrpo.train.trainer import Trainer
+    from fastgrpo.train.loop import Trainer
 
     out = sys.argv[1]
     trainer = Trainer(load_config(None, sys.argv[2:]), log=lambda _m: None)

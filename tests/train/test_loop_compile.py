@@ -13,7 +13,7 @@ import torch
 from fastgrpo.models import compile as compile_mod
 from fastgrpo.models.lora import lora_state_dict
 from fastgrpo.train.config import load_config
-from fastgrpo.train.trainer import Trainer
+from fastgrpo.train.loop import Trainer
 
 #: 1 iteration of 1 condition x 2 samples and 2 rollout steps, no evaluation: each compiled configuration once
 TINY = [

@@ -15,7 +15,7 @@ Decisions and their reasons:
 - **Gradients are reduced by FSDP**, inside every backward: a reduce-scatter averages the LoRA gradients over the
   ranks (in fp32, ``MixedPrecisionPolicy(reduce_dtype=float32)``, as the unsharded path's all-reduce does) and adds
   the result to the sharded ``.grad``. The trainer therefore must **not** call
-  :meth:`~fastgrpo.train.distributed.DistContext.average_gradients` for these parameters (their gradients are
+  :meth:`~fastgrpo.train.parallel.distributed.DistContext.average_gradients` for these parameters (their gradients are
   already averaged, and different ranks hold different shards). The update runs many backward passes per optimiser
   step (trained steps x micro-batches); reducing at each of them is exact, since every loss is weighted by its share
   of the rank's batch: the sum over backward passes of rank means is the rank mean of the sums. Not reducing until
@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from fastgrpo.models.base import EditModel
-from fastgrpo.train.distributed import DistContext
+from fastgrpo.train.parallel.distributed import DistContext
 
 __all__ = [
     "BLOCK_LISTS",

@@ -17,7 +17,7 @@ from torch import Tensor
 from fastgrpo.core.containers import Rollout
 from fastgrpo.core.schedule import StepSchedule
 from fastgrpo.models.base import Condition, EditModel
-from fastgrpo.train.graph_capture import (
+from fastgrpo.train.graphs.capture import (
     DEFAULT_MAX_GRAPHS,
     Annotate,
     CapturedGraph,

@@ -21,8 +21,8 @@ from fastgrpo.data.synthetic import SyntheticEditTask
 from fastgrpo.kernels import noise_state
 from fastgrpo.models import tiny_editor
 from fastgrpo.models.base import images_to_tensor
-from fastgrpo.train import graph_capture
 from fastgrpo.train.graphs import GraphCache, RolloutGraphRunner, TrainingGraphs, UpdateGraphRunner
+from fastgrpo.train.graphs import capture as graph_capture
 from fastgrpo.train.rollout import rollout
 from fastgrpo.train.update import grpo_backward
 
@@ -424,7 +424,7 @@ SMALL = [
 def run_small(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
     from fastgrpo.models.lora import lora_state_dict
     from fastgrpo.train.config import load_config
-    from fastgrpo.train.trainer import Trainer
+    from fastgrpo.train.loop import Trainer
 
     cfg = load_config(None, [*SMALL, f"logging.output_dir={tmp_path}", f"logging.run_name={name}", *extra])
     trainer = Trainer(cfg, log=lambda _m: None)

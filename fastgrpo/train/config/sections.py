@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastgrpo.train.config_checks import check_bool, check_choice, check_int, check_number, check_optional_str
+from fastgrpo.train.config.checks import check_bool, check_choice, check_int, check_number, check_optional_str
 
 __all__ = [
     "DataConfig",
@@ -390,7 +390,7 @@ class RuntimeConfig:
         distributed_backend: ``torch.distributed`` backend under ``torchrun``: ``auto`` (NCCL on CUDA, Gloo on
             CPU), ``nccl`` or ``gloo``.
         fsdp: shard the transformer (base and LoRA weights, AdamW state, EMA) over the ranks with FSDP2, one unit per
-            block, for models whose weights do not fit one GPU (:mod:`fastgrpo.train.sharding`). Needs a
+            block, for models whose weights do not fit one GPU (:mod:`fastgrpo.train.parallel.fsdp`). Needs a
             ``torchrun`` launch with 2 or more processes (one process refuses it) and held-out sets that give every
             rank the same number of evaluation batches. The reference policy stays the adapter-disabled model (no
             copy); checkpoints and LoRA files hold whole tensors, as without FSDP. Not with ``cuda_graphs``.

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastgrpo.train import checkpoint as ckpt
-from fastgrpo.train.checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint
+from fastgrpo.train.storage import checkpoints as ckpt
+from fastgrpo.train.storage.checkpoints import CheckpointError, CheckpointManager, LoadedCheckpoint
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
