@@ -23,9 +23,7 @@ import contextlib
 import datetime
 import logging
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -61,6 +59,7 @@ from fastgrpo.train.parallel.fsdp import (
 from fastgrpo.train.profiling import Annotator, PhaseTimer, ProfileWindow
 from fastgrpo.train.rollout import rollout
 from fastgrpo.train.storage.checkpoints import CheckpointManager
+from fastgrpo.train.storage.files import atomic_directory, describe_os_error
 from fastgrpo.train.storage.run_dir import RunDir, RunDirError
 from fastgrpo.train.update import grpo_backward
 
@@ -610,24 +609,14 @@ class Trainer:
         target = self.run_dir.lora
         if not self.dist.is_main:
             return target
-        tmp = target.with_name("lora.tmp")
-        old = target.with_name("lora.old")
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            if full is not None:
-                write_lora(self.model, tmp, full)
-            else:
-                with self._ema_weights():
-                    self.model.save_lora(tmp)
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            with atomic_directory(target) as tmp:
+                if full is not None:
+                    write_lora(self.model, tmp, full)
+                else:
+                    with self._ema_weights():
+                        self.model.save_lora(tmp)
         except OSError as error:
-            shutil.rmtree(tmp, ignore_errors=True)
-            from fastgrpo.train.storage.run_dir import describe_os_error
-
             raise RunDirError(describe_os_error(error, target, "write the LoRA to")) from None
         return target
 

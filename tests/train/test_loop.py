@@ -20,6 +20,7 @@ from fastgrpo.train.cli import main
 from fastgrpo.train.config import load_config
 from fastgrpo.train.loop import Trainer, TrainingError, train
 from fastgrpo.train.storage.checkpoints import CheckpointManager
+from fastgrpo.train.storage.files import describe_os_error
 from fastgrpo.train.storage.run_dir import RunDirError
 
 #: a small, fast run: 2 conditions x 4 samples, 4 rollout steps, 4 evaluation steps, 4 held-out conditions
@@ -285,7 +286,7 @@ def test_disk_full_while_logging_is_reported(tmp_path, monkeypatch):
     from fastgrpo.train.storage import run_dir
 
     def full(self, row):
-        raise RunDirError(run_dir.describe_os_error(OSError(errno.ENOSPC, "No space left on device"),
+        raise RunDirError(describe_os_error(OSError(errno.ENOSPC, "No space left on device"),
                                                     self.metrics_path, "append to"))  # fmt: skip
 
     monkeypatch.setattr(run_dir.RunDir, "log_metrics", full)

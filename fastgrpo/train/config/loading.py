@@ -336,7 +336,7 @@ def save_resolved_config(cfg: TrainConfig, run_dir: str | Path) -> Path:
     target = run_dir / CONFIG_FILENAME
     text = "# resolved fastgrpo training config of this run; reload it with load_config(path)\n"
     text += dump_yaml(config_to_dict(cfg))
-    from fastgrpo.train.storage.checkpoints import atomic_write_bytes
+    from fastgrpo.train.storage.files import atomic_write_bytes
 
     atomic_write_bytes(target, text.encode("utf-8"))
     return target

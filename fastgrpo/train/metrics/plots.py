@@ -73,7 +73,7 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: _Font, max_width: floa
 
 
 def _save_png_atomic(image: Image.Image, path: str | Path) -> Path:
-    from fastgrpo.train.storage.checkpoints import atomic_write_bytes
+    from fastgrpo.train.storage.files import atomic_write_bytes
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

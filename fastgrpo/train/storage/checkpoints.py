@@ -22,21 +22,21 @@ failure on one rank never leaves the others waiting, and every rank then raises.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import operator
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
+
+from fastgrpo.train.storage.files import atomic_torch_save, atomic_write_bytes, fix_hint, fsync_dir, os_error_in
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ MARKER = "COMPLETE"
 SHARED_FILE = "shared.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _LEFTOVER_DIR = re.compile(r"^\.(tmp|old)-step-(\d+)$")
-_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-_PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class CheckpointError(RuntimeError):
@@ -77,71 +75,6 @@ def step_dir_name(step: int) -> str:
 def rank_file_name(rank: int) -> str:
     """``rank-00001.pt`` for rank 1."""
     return f"rank-{rank:05d}.pt"
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (renames, new files) to disk; best effort, a no-op where directories cannot
-    be opened (e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory (flush, fsync, rename over ``path``); the
-    temporary file is removed on failure, so ``path`` is either the old or the new content, never a mix."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, ``os.replace``)."""
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, ``os.replace``)."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc``: itself, or one in its cause/context chain (torch's writer reports a failed
-    ``write`` as a RuntimeError raised while the OSError was being handled)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _fix_hint(error: OSError) -> str:
-    """What to do about ``error``, by its errno."""
-    if error.errno in _SPACE_ERRNOS:
-        return "free disk space (or lower `keep`) in the checkpoint directory's file system, then save again"
-    if error.errno in _PERMISSION_ERRNOS:
-        return "check that this user can write to the checkpoint directory (permissions, read-only mount)"
-    return "check the checkpoint directory's file system (mounted, writable, healthy), then save again"
 
 
 def _files_under(root: Path) -> Iterator[Path]:
@@ -274,14 +207,15 @@ class CheckpointManager:
             self._discard_tmp(step)
         if isinstance(failure, CheckpointError):
             raise failure
-        os_error = _os_error_in(failure)
+        os_error = os_error_in(failure)
         if os_error is None:
             raise failure
         reason = os_error.strerror or str(os_error)
         where = f" ({os_error.filename})" if os_error.filename else ""
+        hint = fix_hint(os_error, space="lower `keep` (logging.keep_checkpoints)", elsewhere="logging.output_dir")
         raise CheckpointError(
             f"could not write checkpoint {final} on rank {self.rank}: {reason}{where}. {self._intact_sentence()} "
-            f"To fix: {_fix_hint(os_error)}."
+            f"To fix: {hint}."
         ) from failure
 
     def _begin(self, step: int) -> None:

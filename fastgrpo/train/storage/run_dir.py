@@ -8,7 +8,6 @@ replaced atomically).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -18,29 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastgrpo.train.storage.checkpoints import atomic_write_bytes
+from fastgrpo.train.storage.files import atomic_write_bytes, describe_os_error
 
-__all__ = ["METRICS_FILENAME", "RunDir", "RunDirError", "describe_os_error"]
+__all__ = ["METRICS_FILENAME", "RunDir", "RunDirError"]
 
 METRICS_FILENAME = "metrics.jsonl"
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be created or written."""
-
-
-def describe_os_error(error: OSError, path: Path, action: str) -> str:
-    """A message for a failed write: what, where, why, and the fix."""
-    reason = error.strerror or str(error)
-    if error.errno == errno.ENOSPC:
-        hint = "free disk space there or point logging.output_dir at a larger disk"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "make it writable or set logging.output_dir to a folder you can write"
-    elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-        hint = "a file is in the way of the folder; set logging.output_dir to a folder path"
-    else:
-        hint = "check the disk and the path, or set logging.output_dir elsewhere"
-    return f"could not {action} {path}: {reason}; {hint}"
 
 
 def _plain(value: Any) -> Any:

@@ -23,7 +23,7 @@ from fastgrpo.train.config import (
 )
 from fastgrpo.train.config.sections import ProfileConfig, SamplerConfig
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
 

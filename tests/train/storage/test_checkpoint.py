@@ -327,17 +327,3 @@ def test_invalid_arguments(tmp_path):
     with pytest.raises(ValueError, match="non-negative int"):
         _save(CheckpointManager(tmp_path), -1)
     assert _save(CheckpointManager(tmp_path), np.int64(3)).name == "step-00000003"
-
-
-def test_atomic_helpers(tmp_path, monkeypatch):
-    target = tmp_path / "file.bin"
-    ckpt.atomic_write_bytes(target, b"old")
-    monkeypatch.setattr(torch, "save", _failing_after(0, ENOSPC))
-    with pytest.raises(OSError, match="No space left"):
-        ckpt.atomic_torch_save({"x": 1}, target)
-    monkeypatch.undo()
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["file.bin"]
-    ckpt.atomic_torch_save({"x": torch.ones(2)}, target)
-    assert torch.equal(torch.load(target)["x"], torch.ones(2))
-    ckpt.fsync_dir(tmp_path)
-    ckpt.fsync_dir(tmp_path / "does-not-exist")  # best effort: no error
