@@ -233,7 +233,7 @@ def test_train_step(benchmark, train_spec, bench_settings, bench_facts, result_s
             held["baseline"].close()
         if "trainer" in held:
             trainer = held["trainer"]
-            trainer.evaluator.close(wait=True)
+            trainer.generator.scorer.close(wait=True)
             trainer.close()
             trainer.run_dir.close()
             del trainer
@@ -260,7 +260,7 @@ def _describe(trainer: Any, case: TrainCase, provider: str, facts: dict[str, obj
         "model": f"{cfg.model.type}:{cfg.model.path}",
         "model_dtype": str(trainer.model.dtype).removeprefix("torch."),
         "transformer_params": sum(p.numel() for p in trainer.model.transformer.parameters()),
-        "lora_params": sum(p.numel() for p in trainer.params),
+        "lora_params": trainer.policy.num_weights,
         "rounds": case.rounds,
     }
 

@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import flow_grpo_baseline as eager
@@ -43,12 +44,11 @@ from torch import Tensor
 from fastgrpo.core.containers import Rollout
 from fastgrpo.core.objective import GRPOConfig
 from fastgrpo.models.base import Condition, EditModel
-from fastgrpo.rewards.base import RewardBatch
-from fastgrpo.train.evaluate import decode_uint8
-from fastgrpo.train.loop import Trainer, mix_seed
+from fastgrpo.train.conditions import encode_batch, reward_batch
+from fastgrpo.train.loop import Trainer
 from fastgrpo.train.metrics.flops import mfu, peak_flops, peak_memory_gib
 from fastgrpo.train.profiling import PhaseTimer
-from fastgrpo.train.rollout import sde_mask
+from fastgrpo.train.state import mix_seed
 
 # Flow-GRPO's FLUX.1 Kontext config: sample.train_batch_size = train.batch_size = 3 per GPU.
 FLOW_GRPO_BATCH = 3
@@ -112,8 +112,6 @@ def flow_grpo_backward(
     model: EditModel,
     rollout: Rollout,
     cond: Condition,
-    advantages: Tensor,
-    steps: Sequence[int],
     *,
     grpo: GRPOConfig,
     noise_level: float,
@@ -121,7 +119,8 @@ def flow_grpo_backward(
     train_batch: int = FLOW_GRPO_BATCH,
     order: Tensor | None = None,
 ) -> dict[str, list[Tensor]]:
-    """Flow-GRPO's training loop over one rollout (one inner epoch); gradients accumulate into the LoRA weights.
+    """Flow-GRPO's training loop over one rollout (one inner epoch; its advantages and ``trained`` steps set);
+    gradients accumulate into the LoRA weights.
 
     Per train batch of ``train_batch`` samples (in the shuffled ``order``, ``[B]`` int64; a fresh permutation when
     None) and per trained step: policy forward, reference forward (always), eager log-prob + KL, clipped loss,
@@ -130,7 +129,8 @@ def flow_grpo_backward(
     rollout. Returns the logged statistics per (batch, step) as 0-d device tensors (``loss``, ``policy_loss``,
     ``kl``, ``approx_kl``, ``clipfrac``).
     """
-    batch = rollout.batch_size
+    batch, steps, advantages = rollout.batch_size, rollout.trained or (), rollout.advantages
+    assert advantages is not None, "flow_grpo_backward needs the rollout's advantages"
     device = rollout.device
     order = torch.randperm(batch, device=device) if order is None else order
     info: dict[str, list[Tensor]] = defaultdict(list)
@@ -192,16 +192,11 @@ class FlowGRPOIteration:
     def _rollout_and_score(self, step: int, batch: Any, cond: Condition) -> tuple[Rollout, np.ndarray]:
         tr, cfg = self.trainer, self.trainer.cfg
         model, device = tr.model, tr.device
-        schedule = tr._schedule(cond.height, cond.width)
-        t_cap = cfg.sde.resolve_t_cap(schedule)
-        times = schedule.to(device).times
-        trained = sde_mask(schedule.num_steps, cfg.sampler.window)
-        levels = [cfg.sde.noise_level if bool(m) else 0.0 for m in trained]
+        plan = tr.plans(cond.height, cond.width)
+        t_cap, times, levels = plan.spec.t_cap, plan.schedule.to(device).times, plan.noise_levels
         # the trainer's initial noise of this step (one chunk): both sides start from the same x_1
         gen = torch.Generator().manual_seed(mix_seed(cfg.rollout_seed, step, tr.dist.rank, 1))
         initial = model.initial_noise(batch.size, cond.height, cond.width, generator=gen)
-        sources, instructions = batch.per_sample("source"), batch.per_sample("instruction")
-        masks, captions, specs = batch.per_sample("mask"), batch.per_sample("captions"), batch.per_sample("spec")
         parts: list[tuple[Tensor, Tensor]] = []
         futures: list[Future[Any]] = []
         for start in range(0, batch.size, self.sample_batch):
@@ -210,19 +205,16 @@ class FlowGRPOIteration:
             with self._phase("rollout"):
                 part = rollout_batch(model, sub, times, initial[rows], noise_levels=levels, t_cap=t_cap)
             with self._phase("decode"):
-                images = decode_uint8(model, part[0][:, -1], cond.height, cond.width).numpy()
+                images = model.decode_uint8(part[0][:, -1], cond.height, cond.width).numpy()
             with self._phase("reward_submit"):
-                reward_batch = RewardBatch.build(
-                    sources[rows], list(images), instructions[rows], masks[rows], captions[rows], specs[rows]
-                )
-                futures.append(self._pool.submit(tr.reward.evaluate, reward_batch))
+                futures.append(self._pool.submit(tr.reward.evaluate, reward_batch(batch.samples(rows), images)))
             parts.append(part)
         with self._phase("reward"):
             rewards = np.concatenate([f.result().total().float().cpu().numpy() for f in futures])
         rollout = Rollout(
             latents=torch.cat([p[0] for p in parts]), log_probs=torch.cat([p[1] for p in parts]), times=times,
-            trained=trained.to(device), group_ids=batch.group_ids.to(device),
-            rewards=torch.as_tensor(rewards, dtype=torch.float32, device=device),
+            group_ids=batch.group_ids.to(device), rewards=torch.as_tensor(rewards, dtype=torch.float32, device=device),
+            sde_steps=plan.sde_steps, trained=tr.generator.trained_steps(step, plan),
         )  # fmt: skip
         return rollout, rewards
 
@@ -232,26 +224,26 @@ class FlowGRPOIteration:
         started = time.perf_counter()
         with self._phase("data"):
             batch = tr.source.rank_batch(step, tr.plan)
-            cond = tr._encode(batch)
+            cond = encode_batch(tr.model, batch)
         rollout, rewards = self._rollout_and_score(step, batch, cond)
         with self._phase("advantages"):
             adv = flow_grpo_advantages(rewards, batch.group_ids.numpy(), cfg.grpo.adv_std)
-            advantages = torch.as_tensor(adv, dtype=torch.float32).to(tr.device)
-        flops_fwd, flops_train = tr._count_flops(cond, rollout)
-        steps = tr._trained_steps(step)
-        schedule = tr._schedule(cond.height, cond.width)
+            rollout = replace(rollout, advantages=torch.as_tensor(adv, dtype=torch.float32).to(tr.device))
+        flops_fwd, flops_train = tr.metrics.flops(cond, rollout)
+        steps = rollout.trained or ()
+        plan = tr.plans(cond.height, cond.width)
         logged: dict[str, float] = {}
         for _epoch in range(cfg.optim.inner_epochs):
             with self._phase("update"):
                 info = flow_grpo_backward(
-                    tr.model, rollout, cond, advantages, steps, grpo=cfg.grpo, noise_level=cfg.sde.noise_level,
-                    t_cap=cfg.sde.resolve_t_cap(schedule), train_batch=self.train_batch,
+                    tr.model, rollout, cond, grpo=cfg.grpo, noise_level=cfg.sde.noise_level, t_cap=plan.spec.t_cap,
+                    train_batch=self.train_batch,
                 )  # fmt: skip
             with self._phase("optimizer"):
                 clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, clip)
-                tr.optimizer.step()
-                tr.optimizer.zero_grad(set_to_none=True)
+                grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy.params, clip)
+                tr.policy.optimizer.step()
+                tr.policy.zero_grad()
                 logged = {name: torch.mean(torch.stack(values)).item() for name, values in info.items()}
                 logged["grad_norm"] = grad_norm.item()
         phases = self.timer.read()
@@ -259,7 +251,7 @@ class FlowGRPOIteration:
         n_train = len(steps) * cfg.optim.inner_epochs
         # the model FLOPs the trainer counts: a reference forward that beta = 0 does not need is no useful work
         reference = n_train * flops_fwd if cfg.grpo.needs_reference else 0
-        per_sample = schedule.num_steps * flops_fwd + n_train * flops_train + reference
+        per_sample = plan.num_steps * flops_fwd + n_train * flops_train + reference
         total_flops = per_sample * batch.size
         finite = rewards[np.isfinite(rewards)]
         return {

@@ -4,7 +4,7 @@ from fastgrpo.core.advantages import AdvantageResult, GroupKey, dense_group_ids,
 from fastgrpo.core.containers import RewardBreakdown, Rollout
 from fastgrpo.core.objective import GRPOConfig, step_loss
 from fastgrpo.core.schedule import DeviceSchedule, StepSchedule, flow_schedule, train_eval_schedules
-from fastgrpo.core.sde import SDEConfig, sigma_t, step_mean_std
+from fastgrpo.core.sde import SDEConfig, StepSpec, sigma_t, step_mean_std
 
 __all__ = [
     "AdvantageResult",
@@ -15,6 +15,7 @@ __all__ = [
     "Rollout",
     "SDEConfig",
     "StepSchedule",
+    "StepSpec",
     "dense_group_ids",
     "flow_schedule",
     "gather_rewards",

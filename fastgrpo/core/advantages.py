@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 
 from fastgrpo import _env
+from fastgrpo.core.containers import Rollout
 
 __all__ = [
     "AdvantageResult",
@@ -31,6 +32,7 @@ __all__ = [
     "gather_rewards",
     "group_advantages",
     "rank_slice",
+    "rollout_advantages",
 ]
 
 
@@ -90,9 +92,8 @@ class AdvantageResult:
     """Advantages and the group statistics behind them; every tensor lives on the rewards' device.
 
     Attributes:
+        rewards: ``[B]`` the rewards the statistics were computed from (NaN where scoring failed).
         advantages: ``[B]`` float32, ``0`` for failed rewards and for members of constant groups.
-        valid: ``[B]`` bool, reward finite, group id in range and (with ``drop_constant_groups``) the group not
-            constant: the samples that should enter the loss mean.
         group_mean: ``[G]`` float32 mean of the group's finite rewards (``0`` for a group with none).
         group_std: ``[G]`` float32 the standard deviation that divided the group's advantages (before ``eps``):
             the group's population std (``std_mode="group"``) or the batch's (``"global"``).
@@ -101,8 +102,8 @@ class AdvantageResult:
         num_constant_groups: ``[]`` int64, ``constant_groups.sum()``.
     """
 
+    rewards: torch.Tensor
     advantages: torch.Tensor
-    valid: torch.Tensor
     group_mean: torch.Tensor
     group_std: torch.Tensor
     group_count: torch.Tensor
@@ -163,12 +164,11 @@ def group_advantages(
     std_mode: Literal["group", "global"] = "group",
     clip: float | None = 5.0,
     eps: float = 1e-4,
-    drop_constant_groups: bool = True,
 ) -> AdvantageResult:
     """Group-relative advantages ``A_i = (R_i - mean_g(R)) / (std_g(R) + eps)``, clipped to ``±clip``.
 
     Statistics are computed in float64 over the *finite* rewards only; a NaN (failed) or infinite reward gets
-    ``A = 0`` and ``valid = False``. Groups with fewer than two finite rewards, or whose finite rewards are all
+    ``A = 0``. Groups with fewer than two finite rewards, or whose finite rewards are all
     equal, are constant: every member gets ``A = 0``. Gather the rewards of all ranks first
     (:func:`gather_rewards`) so that the statistics see whole groups.
 
@@ -176,15 +176,12 @@ def group_advantages(
         rewards: ``[B]`` floating tensor of scalar rewards, NaN where scoring failed.
         group_ids: ``[B]`` int64 dense ids in ``[0, num_groups)`` (:func:`dense_group_ids`). Values are checked
             on CPU tensors (``ValueError``); on a GPU only with ``FASTGRPO_CHECK_VALUES=1`` (it synchronises),
-            otherwise a sample with an out-of-range id belongs to no group and gets ``A = 0``, ``valid = False``.
+            otherwise a sample with an out-of-range id belongs to no group and gets ``A = 0``.
         num_groups: ``G``, a Python int (it fixes the shapes, so the function stays free of host syncs).
         std_mode: ``"group"`` divides by each group's std; ``"global"`` by the std of all finite rewards of the
             batch (constant groups included, like Flow-GRPO's ``global_std``); the mean is per group either way.
         clip: clip advantages to ``[-clip, clip]``; ``None`` disables clipping.
         eps: added to the std before dividing.
-        drop_constant_groups: if true, members of constant groups are not ``valid`` (they carry no policy
-            signal; the trainer may leave them out of the loss mean and skip their KL); if false they stay
-            ``valid`` with ``A = 0``.
 
     Returns:
         :class:`AdvantageResult` on the rewards' device.
@@ -212,15 +209,15 @@ def group_advantages(
     if std_mode == "global":
         std = _masked_moments(values, finite)[2].expand(num_groups)
 
-    sample_group = group_ids.clamp(0, num_groups - 1)  # out-of-range ids are already not finite/valid
+    sample_group = group_ids.clamp(0, num_groups - 1)  # out-of-range ids are already not finite
     live = finite & ~constant[sample_group]
     advantages = (values - mean[sample_group]) / (std[sample_group] + eps)
     advantages = torch.where(live, advantages, 0.0)  # also hides 0/0 of constant groups when eps = 0
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return AdvantageResult(
+        rewards=rewards,
         advantages=advantages.to(torch.float32),
-        valid=live if drop_constant_groups else finite,
         group_mean=mean.to(torch.float32),
         group_std=std.to(torch.float32).contiguous(),
         group_count=count,
@@ -274,3 +271,26 @@ def rank_slice(num_local: int, *, group: dist.ProcessGroup | None = None) -> sli
     distributed)."""
     rank = dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
     return slice(rank * num_local, (rank + 1) * num_local)
+
+
+def rollout_advantages(
+    rollout: Rollout,
+    num_groups: int,
+    *,
+    std_mode: Literal["group", "global"] = "group",
+    clip: float | None = 5.0,
+) -> tuple[Rollout, AdvantageResult]:
+    """The group advantages of ``rollout``'s rewards, with the groups gathered over all ranks first.
+
+    Args:
+        rollout: this rank's rollout, ``rewards`` scored and ``group_ids`` global (the same condition has the same
+            id on every rank).
+        num_groups: ``G``, the number of global groups.
+        std_mode, clip: as in :func:`group_advantages`.
+
+    Returns:
+        ``(rollout with this rank's advantages, the statistics over every rank's samples)``.
+    """
+    all_rewards, all_ids = gather_rewards(rollout.rewards, rollout.group_ids)
+    result = group_advantages(all_rewards, all_ids, num_groups, std_mode=std_mode, clip=clip)
+    return replace(rollout, advantages=result.advantages[rank_slice(rollout.batch_size)]), result

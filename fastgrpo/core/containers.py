@@ -31,27 +31,37 @@ def _describe(tensor: object) -> str:
 
 @dataclass(eq=False)
 class Rollout:
-    """The trajectories of one sample batch and what the update needs from them.
+    """The trajectories of one sample batch and what the update needs from them: one object from the rollout,
+    through the rewards and the advantages, to the update.
 
     Attributes:
         latents: ``[B, T + 1, *L]`` in the model dtype: ``x_0 … x_T`` of each trajectory (``x_0`` is the noise,
             ``x_T`` the final latent, step ``k`` goes ``latents[:, k] → latents[:, k + 1]``).
         log_probs: ``[B, T]`` float32, ``logp_old`` of each step under the sampling policy; meaningless (zero by
-            convention) where ``trained`` is false.
+            convention) on the steps outside ``sde_steps``.
         times: ``[T + 1]`` float32, the schedule ``t_0 … t_T = 0`` (``StepSchedule.to(device).times``).
-        trained: ``[T]`` bool, the SDE steps that the update trains on (ODE steps outside the SDE window are false).
         group_ids: ``[B]`` int64 group of each sample (:func:`fastgrpo.core.advantages.dense_group_ids`).
         rewards: ``[B]`` float32 scalar reward, NaN where scoring failed or has not happened yet.
+        sde_steps: the steps sampled with noise (the SDE window), ascending; the other steps are ODE steps.
+        trained: the steps the update trains, in the order it trains them; a subset of ``sde_steps`` (all of
+            them by default).
         advantages: ``[B]`` float32 or ``None`` until :func:`~fastgrpo.core.advantages.group_advantages` ran.
+
+    ``sde_steps`` and ``trained`` are host tuples, so the update never reads the device to know its steps.
     """
 
     latents: torch.Tensor
     log_probs: torch.Tensor
     times: torch.Tensor
-    trained: torch.Tensor
     group_ids: torch.Tensor
     rewards: torch.Tensor
+    sde_steps: tuple[int, ...]
+    trained: tuple[int, ...] | None = None
     advantages: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.sde_steps = tuple(self.sde_steps)
+        self.trained = self.sde_steps if self.trained is None else tuple(self.trained)
 
     @property
     def batch_size(self) -> int:
@@ -80,7 +90,8 @@ class Rollout:
         return self.latents[:, k], self.latents[:, k + 1]
 
     def validate(self) -> Rollout:
-        """Check shapes, dtypes and devices; return ``self``. Raises ``ValueError`` naming the bad field."""
+        """Check shapes, dtypes, devices and the step tuples; return ``self``. Raises ``ValueError`` naming the bad
+        field."""
         latents = self.latents
         _require(
             isinstance(latents, torch.Tensor) and latents.dim() >= 3 and latents.dtype.is_floating_point,
@@ -91,7 +102,6 @@ class Rollout:
         expected = {
             "log_probs": ((batch, steps), torch.float32),
             "times": ((steps + 1,), torch.float32),
-            "trained": ((steps,), torch.bool),
             "group_ids": ((batch,), torch.int64),
             "rewards": ((batch,), torch.float32),
             "advantages": ((batch,), torch.float32),
@@ -108,14 +118,25 @@ class Rollout:
                 value.device == latents.device,
                 f"Rollout.{name} is on {value.device} but latents on {latents.device}; use rollout.to(device)",
             )
+        sde = self.sde_steps
+        _require(
+            all(isinstance(k, int) and 0 <= k < steps for k in sde) and list(sde) == sorted(set(sde)),
+            f"Rollout.sde_steps must be ascending distinct step indices in [0, {steps}), got {sde}",
+        )
+        trained = self.trained or ()
+        _require(
+            len(set(trained)) == len(trained) and set(trained) <= set(sde),
+            f"Rollout.trained {trained} must be distinct SDE steps of the rollout (sde_steps {sde}): only steps "
+            "sampled with noise have a log-probability to train on",
+        )
         return self
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Rollout:
         """A copy with every tensor on ``device`` (dtypes unchanged)."""
-        moved = {
-            f.name: None if (value := getattr(self, f.name)) is None else value.to(device, non_blocking=non_blocking)
-            for f in fields(self)
-        }
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
         return Rollout(**moved)
 
     def select(self, index: torch.Tensor | slice) -> Rollout:
@@ -129,9 +150,9 @@ class Rollout:
 
     @classmethod
     def cat(cls, rollouts: Sequence[Rollout]) -> Rollout:
-        """Concatenate sample batches that share one schedule (``times``, ``trained``) along ``B``.
+        """Concatenate sample batches that share one schedule (``times``, ``sde_steps``, ``trained``) along ``B``.
 
-        ``advantages`` survive only if every part has them. The schedules are compared by value on CPU (or with
+        ``advantages`` survive only if every part has them. The times are compared by value on CPU (or with
         ``FASTGRPO_CHECK_VALUES=1``), by shape elsewhere.
         """
         if len(rollouts) == 0:
@@ -144,19 +165,21 @@ class Rollout:
                 f"rollouts[{position}].latents is {_describe(part.latents)}, incompatible with rollouts[0]'s "
                 f"{_describe(first.latents)}; only batches of one shape and schedule can be concatenated",
             )
+            same_steps = part.sde_steps == first.sde_steps and part.trained == first.trained
             if first.device.type == "cpu" or _env.check_values():
-                _require(
-                    torch.equal(part.times, first.times) and torch.equal(part.trained, first.trained),
-                    f"rollouts[{position}] has another schedule (times/trained) than rollouts[0]",
-                )
+                same_steps = same_steps and torch.equal(part.times, first.times)
+            _require(
+                same_steps, f"rollouts[{position}] has another schedule (times/sde_steps/trained) than rollouts[0]"
+            )
         with_adv = all(part.advantages is not None for part in rollouts)
         return cls(
             latents=torch.cat([part.latents for part in rollouts]),
             log_probs=torch.cat([part.log_probs for part in rollouts]),
             times=first.times,
-            trained=first.trained,
             group_ids=torch.cat([part.group_ids for part in rollouts]),
             rewards=torch.cat([part.rewards for part in rollouts]),
+            sde_steps=first.sde_steps,
+            trained=first.trained,
             advantages=torch.cat([p.advantages for p in rollouts]) if with_adv else None,  # type: ignore[misc]
         )
 
@@ -212,21 +235,6 @@ class RewardBreakdown:
         self.validate()
         terms = [weight * self.components[name].float() for name, weight in self.weights.items() if weight != 0]
         return torch.stack(terms).sum(0)
-
-    def summary(self) -> dict[str, torch.Tensor]:
-        """Per component and for ``total``: ``{name}/mean``, ``{name}/std`` (population, over finite values) and
-        ``{name}/failed`` (count of non-finite values), as 0-d device tensors (read them once per step)."""
-        out: dict[str, torch.Tensor] = {}
-        for name, value in {**self.components, "total": self.total()}.items():
-            finite = torch.isfinite(value)
-            count = finite.sum().clamp_min(1).to(torch.float32)
-            clean = torch.where(finite, value.float(), 0.0)
-            mean = clean.sum() / count
-            centred = torch.where(finite, clean - mean, 0.0)
-            out[f"{name}/mean"] = mean
-            out[f"{name}/std"] = ((centred * centred).sum() / count).sqrt()
-            out[f"{name}/failed"] = (~finite).sum()
-        return out
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> RewardBreakdown:
         """A copy with every component on ``device``."""

@@ -13,6 +13,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from fastgrpo.core.sde import StepSpec
 from fastgrpo.kernels import GRPOStats, grpo_loss, logprob_kl
 
 __all__ = ["GRPOConfig", "step_loss"]
@@ -72,11 +73,8 @@ def step_loss(
     adv: Tensor,
     *,
     grpo: GRPOConfig,
-    noise_level: float,
-    t_cap: float,
-    reduction: str = "mean",
-    weight: float = 1.0,
-    backend: str = "auto",
+    spec: StepSpec,
+    weight: float | Tensor = 1.0,
 ) -> tuple[Tensor, GRPOStats, Tensor]:
     """Weighted loss of one trained step for a micro-batch, its statistics and the new log-prob.
 
@@ -85,7 +83,9 @@ def step_loss(
         v: ``[B, ...]`` policy velocity at ``(x, t)``, with gradient.
         v_ref: ``[B, ...]`` reference velocity (adapter off), or None when ``grpo.beta == 0``.
         t, t_next: times ``[B]`` or scalars; ``old_logp [B]`` float32 from the rollout; ``adv [B]`` float32.
-        weight: multiplies the loss; see the module docstring for the value that makes accumulation exact.
+        spec: the step math (noise level, ``t_cap``, reduction, kernel backend) of this resolution.
+        weight: multiplies the loss (a float, or a 0-d float32 tensor); see the module docstring for the value
+            that makes accumulation exact.
 
     Returns:
         ``(loss 0-d, stats, logp [B])``; ``loss`` is differentiable w.r.t. ``v``; nothing is read to the host.
@@ -99,14 +99,15 @@ def step_loss(
         v_ref if grpo.needs_reference else None,
         t,
         t_next,
-        noise_level=noise_level,
-        t_cap=t_cap,
-        reduction=reduction,
+        noise_level=spec.noise_level,
+        t_cap=spec.t_cap,
+        reduction=spec.reduction,
         form=grpo.kl_form,
-        backend=backend,
+        backend=spec.backend,
     )
     assert logp is not None
     loss, stats = grpo_loss(
-        logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta, backend=backend
-    )
+        logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta,
+        backend=spec.backend,
+    )  # fmt: skip
     return loss * weight, stats, logp.detach()

@@ -1,7 +1,8 @@
 """SPEC S1 hyperparameters and the per-step Gaussian of the SDE (thin, validated views of the kernel math).
 
 The math itself lives once, in :mod:`fastgrpo.kernels.sde.naive` (the reference the fused kernels are tested
-against); this module adds the typed configuration and the schedule-dependent default of ``t_cap``.
+against); this module adds the typed configuration (:class:`SDEConfig`), the schedule-dependent default of
+``t_cap``, and :class:`StepSpec`: what every step-kernel call of one resolution takes, resolved once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,40 @@ import torch
 from fastgrpo.core.schedule import StepSchedule
 from fastgrpo.kernels.sde import naive
 
-__all__ = ["SDEConfig", "sigma_t", "step_mean_std"]
+__all__ = ["BACKENDS", "SDEConfig", "StepSpec", "sigma_t", "step_mean_std"]
+
+#: kernel backends of :mod:`fastgrpo.kernels` (``auto``: Triton on CUDA tensors, the PyTorch reference on CPU)
+BACKENDS = ("auto", "triton", "torch", "cuda")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The step math of one resolution, resolved once and passed whole to the rollout and the update.
+
+    Attributes:
+        noise_level: ``a`` of SPEC S1 on the SDE steps (0 gives the ODE).
+        t_cap: the resolved cap of ``t`` (a float in ``[0, 1)``; :meth:`SDEConfig.spec` takes the schedule's
+            default when the config leaves it unset).
+        reduction: ``"mean"`` or ``"sum"`` of the per-element log-density (SPEC S1).
+        backend: the kernel backend (:data:`BACKENDS`).
+
+    Raises ``ValueError`` for a value outside those ranges.
+    """
+
+    noise_level: float
+    t_cap: float
+    reduction: Literal["mean", "sum"] = "mean"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.noise_level, (int, float)) and self.noise_level >= 0):
+            raise ValueError(f"StepSpec.noise_level must be a float >= 0, got {self.noise_level!r}")
+        if not (isinstance(self.t_cap, (int, float)) and 0.0 <= self.t_cap < 1.0):
+            raise ValueError(f"StepSpec.t_cap must lie in [0, 1), got {self.t_cap!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"StepSpec.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"StepSpec.backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,10 @@ class SDEConfig:
     def resolve_t_cap(self, schedule: StepSchedule) -> float:
         """``t_cap``, or the schedule's second time when unset (SPEC S1's default)."""
         return float(self.t_cap) if self.t_cap is not None else schedule.t_cap
+
+    def spec(self, schedule: StepSchedule, backend: str = "auto") -> StepSpec:
+        """The :class:`StepSpec` of ``schedule``'s resolution with kernel ``backend``."""
+        return StepSpec(float(self.noise_level), self.resolve_t_cap(schedule), self.reduction, backend)
 
 
 def sigma_t(t: torch.Tensor, noise_level: float, t_cap: float) -> torch.Tensor:

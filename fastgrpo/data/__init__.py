@@ -3,11 +3,12 @@
 The public names below are imported lazily (on first attribute access), so that ``import fastgrpo.data.synthetic``
 does not pull in PIL or ``torch.utils.data``. Typical use::
 
-    from fastgrpo.data import EditDataset, GroupBatchSampler, ResolutionBuckets, collate_samples
+    from fastgrpo.data import EditDataset, GroupBatchSampler, ResolutionBuckets
 
     dataset = EditDataset.from_path("magicbrush/data", ResolutionBuckets.square(512))
     sampler = GroupBatchSampler(dataset.bucket_ids, group_size=8, groups_per_rank=4, world_size=W, rank=r)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=4, pin_memory=True)
+    for indices in sampler:  # one bucket per batch, every group on one rank
+        samples = dataset.__getitems__(indices)  # EditSample list; G copies of a condition decoded once
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ _EXPORTS = {
     "TooManyBadInputsError": "badinput",
     "EditDataset": "dataset",
     "EditSample": "dataset",
-    "EditBatch": "batch",
-    "collate_samples": "batch",
     "GroupBatchSampler": "sampler",
     "CheckReport": "check",
     "check_dataset": "check",

@@ -10,7 +10,7 @@ the run). Such a record is counted and logged like the others, and the sample is
 record of the same bucket (wrapping around), so the batch keeps its shape (a captured CUDA graph stays valid)
 and its resolution; the sample says so in ``replaced``. All ``G`` copies of a condition decode the same way, so
 a group is replaced as a whole. With ``DataLoader`` workers each worker counts its own decode-time failures (added
-to the scan's count); every batch lists its replacements in ``EditBatch.problems`` for the trainer to log.
+to the scan's count); each replaced sample carries its :class:`~fastgrpo.data.records.Problem` in ``replaced``.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class GroupBatchSampler(Sampler[list[int]]):
     Example::
 
         sampler = GroupBatchSampler(dataset.bucket_ids, group_size=8, groups_per_rank=4, world_size=W, rank=r)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=4)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=list, num_workers=4)  # lists of EditSample
         for epoch in range(epochs):
             sampler.set_epoch(epoch)  # no-op when resuming inside this epoch
             for batch in loader: ...

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastgrpo.core.shapes import (
+from fastgrpo.data.shapes import (
     BACKGROUNDS,
     CELLS,
     COLOURS,

@@ -4,15 +4,17 @@ An adapter wraps one flow-matching editing model (FLUX.1 Kontext, Qwen-Image-Edi
 trainer works on *packed* latents ``[B, N, C]`` (N image tokens of C channels, the layout the transformer
 consumes) and calls, per iteration:
 
-1. :meth:`EditModel.encode` once per condition (source image + instruction) -> :class:`Condition`, cached by
-   :meth:`EditModel.condition_key`;
+1. :meth:`EditModel.encode` once per distinct condition (source image + instruction) -> :class:`Condition`, then
+   :meth:`Condition.index_select` repeats it for the samples of each group;
 2. :meth:`EditModel.initial_noise` for the resolution bucket;
 3. :meth:`EditModel.velocity` in batched forwards along the :meth:`EditModel.schedule`;
 4. :meth:`EditModel.decode` of the final latents for the rewards.
 
 LoRA: :meth:`EditModel.add_lora` attaches trainable adapters to :attr:`EditModel.transformer`;
 :meth:`EditModel.reference` is a context in which the adapters are off (the reference policy, no second copy of
-the weights); :meth:`EditModel.save_lora` / :meth:`EditModel.load_lora` use the diffusers LoRA format.
+the weights); :meth:`EditModel.lora_state_dict` names the adapter's weights; :meth:`EditModel.save_lora` /
+:meth:`EditModel.load_lora` use the diffusers LoRA format. :meth:`EditModel.compile_blocks` compiles the repeated
+transformer blocks in place (``runtime.compile``).
 
 Conventions (SPEC): rectified flow, ``t`` in [0, 1] with 1 = noise, the velocity is ``v = eps - x_0``; images are
 float tensors ``[B, 3, H, W]`` in [0, 1] at the boundary (PIL images and uint8 arrays are converted by
@@ -43,7 +45,6 @@ class Condition:
         tensors: model-specific tensors, each ``[B, ...]`` (e.g. ``prompt_embeds [B, L, D]``, packed source-image
             latents ``[B, N_src, C]``); per-sample values only, so that selecting/repeating rows is always valid.
         height, width: pixel size of the images this condition belongs to (one resolution per batch).
-        keys: per-sample cache keys (``condition_key``), or empty.
         seq_masks: variable-length sequence tensors and their masks, ``{"prompt_embeds": "prompt_embeds_mask"}``:
             ``tensors[name]`` is ``[B, L, ...]`` and ``tensors[mask] [B, L]`` is 1 on real tokens, 0 on padding.
             :meth:`cat` right-pads such tensors (zeros, mask 0) to the longest ``L`` instead of refusing to join
@@ -53,7 +54,6 @@ class Condition:
     tensors: dict[str, Tensor]
     height: int
     width: int
-    keys: tuple[str, ...] = field(default=())
     seq_masks: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,21 +70,19 @@ class Condition:
     def batch_size(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
 
-    def _with(self, tensors: dict[str, Tensor], keys: tuple[str, ...]) -> Condition:
-        return Condition(tensors, self.height, self.width, keys, dict(self.seq_masks))
+    def _with(self, tensors: dict[str, Tensor]) -> Condition:
+        return Condition(tensors, self.height, self.width, dict(self.seq_masks))
 
     def index_select(self, index: Tensor) -> Condition:
         """Rows ``index`` (int64 ``[M]``) of every tensor."""
-        keys = tuple(self.keys[i] for i in index.tolist()) if self.keys else ()
-        return self._with({k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()}, keys)
+        return self._with({k: v.index_select(0, index.to(v.device)) for k, v in self.tensors.items()})
 
     def repeat_interleave(self, repeats: int) -> Condition:
         """Each condition repeated ``repeats`` times in a row (a group of G samples per condition)."""
-        keys = tuple(k for k in self.keys for _ in range(repeats))
-        return self._with({k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()}, keys)
+        return self._with({k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()})
 
     def to(self, device: torch.device | str) -> Condition:
-        return self._with({k: v.to(device) for k, v in self.tensors.items()}, self.keys)
+        return self._with({k: v.to(device) for k, v in self.tensors.items()})
 
     @staticmethod
     def cat(conditions: Sequence[Condition]) -> Condition:
@@ -109,8 +107,7 @@ class Condition:
                 )
         padded = set(first.seq_masks) | set(first.seq_masks.values())
         tensors = {k: _cat_padded([c.tensors[k] for c in conditions], k in padded) for k in first.tensors}
-        keys = tuple(k for c in conditions for k in c.keys)
-        return Condition(tensors, first.height, first.width, keys, dict(first.seq_masks))
+        return Condition(tensors, first.height, first.width, dict(first.seq_masks))
 
 
 def _cat_padded(parts: Sequence[Tensor], pad: bool) -> Tensor:
@@ -199,10 +196,6 @@ class EditModel(abc.ABC):
         return next(self.transformer.parameters()).dtype
 
     @abc.abstractmethod
-    def condition_key(self, source_id: str, instruction: str) -> str:
-        """Cache key of one condition (includes the source image where the text embedding depends on it)."""
-
-    @abc.abstractmethod
     def encode(
         self,
         sources: Any,
@@ -230,6 +223,11 @@ class EditModel(abc.ABC):
     def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
         """Packed final latents ``[B, N, C]`` -> images float32 ``[B, 3, H, W]`` in [0, 1]."""
 
+    def decode_uint8(self, latents: Tensor, height: int, width: int) -> Tensor:
+        """Packed final latents ``[B, N, C]`` -> images ``uint8 [B, H, W, 3]`` on the CPU (what rewards score)."""
+        images = self.decode(latents, height, width)
+        return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
     @abc.abstractmethod
     def scheduler_config(self) -> dict[str, Any]:
         """The checkpoint's ``FlowMatchEulerDiscreteScheduler`` config."""
@@ -253,9 +251,24 @@ class EditModel(abc.ABC):
 
     @abc.abstractmethod
     def add_lora(
-        self, rank: int, alpha: float, target_modules: Sequence[str] | None = None
+        self,
+        rank: int,
+        alpha: float,
+        target_modules: Sequence[str] | None = None,
+        *,
+        init_lora_weights: bool | str = True,
+        dtype: torch.dtype | None = None,
     ) -> list[torch.nn.Parameter]:
-        """Attach LoRA adapters (defaults per model when ``target_modules`` is None); returns the trainable ones."""
+        """Attach LoRA adapters (defaults per model when ``target_modules`` is None) and freeze everything else;
+        returns the trainable ``lora_A`` / ``lora_B`` weights. ``init_lora_weights``: peft's initialisation
+        (``True``: ``lora_B`` zero, so the adapted model starts equal to the base model; ``"gaussian"``);
+        ``dtype``: dtype of the adapter weights (default: the base layers'). ``ValueError`` for a bad rank or
+        alpha, a second adapter, or targets that match no layer."""
+
+    @abc.abstractmethod
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The adapter's weights by name (``<module>.lora_A.weight``, the names of the diffusers file without its
+        ``transformer.`` prefix), detached views of the live parameters; ``ValueError`` before :meth:`add_lora`."""
 
     @abc.abstractmethod
     @contextlib.contextmanager
@@ -263,9 +276,19 @@ class EditModel(abc.ABC):
         """Context in which the LoRA adapters are disabled: the reference (base) policy."""
 
     @abc.abstractmethod
-    def save_lora(self, directory: str | Path) -> Path:
-        """Write ``pytorch_lora_weights.safetensors`` in the diffusers format (loadable by the stock pipeline)."""
+    def save_lora(self, directory: str | Path, weights: Mapping[str, Tensor] | None = None) -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` in the diffusers format (loadable by the stock pipeline):
+        the live adapter, or ``weights`` named as :meth:`lora_state_dict` names them (e.g. whole tensors gathered
+        from FSDP shards; ``ValueError`` when the names differ)."""
 
     @abc.abstractmethod
     def load_lora(self, directory: str | Path) -> None:
         """Load adapters written by :meth:`save_lora` (resume)."""
+
+    def compile_blocks(self, **options: Any) -> Any:
+        """Compile each repeated transformer block in place with ``torch.compile`` (regional compilation, after
+        :meth:`add_lora`); returns the :class:`~fastgrpo.models.compile.CompileReport`. ``options`` go to
+        :func:`fastgrpo.models.compile.compile_blocks`."""
+        from fastgrpo.models import compile as compile_module
+
+        return compile_module.compile_blocks(self.transformer, **options)

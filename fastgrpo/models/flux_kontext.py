@@ -17,7 +17,6 @@ plain Euler step reproduces the pipeline's ``output_type="latent"`` result:
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,10 +116,6 @@ class FluxKontextEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(self._scheduler_config)
-
-    def condition_key(self, source_id: str, instruction: str) -> str:
-        """``json [source_id, instruction]``: the condition holds the source latents as well as the text."""
-        return json.dumps([source_id, instruction])
 
     # encoding ------------------------------------------------------------------------------------------------
 

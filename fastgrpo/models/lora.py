@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,9 @@ def _adapter_metadata(transformer: nn.Module) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
-def save_lora(transformer: nn.Module, directory: str | Path, pipeline_class: Any) -> Path:
+def save_lora(
+    transformer: nn.Module, directory: str | Path, pipeline_class: Any, weights: Mapping[str, Tensor] | None = None
+) -> Path:
     """Write the adapter as ``directory/pytorch_lora_weights.safetensors`` in the diffusers LoRA format.
 
     Args:
@@ -156,13 +158,18 @@ def save_lora(transformer: nn.Module, directory: str | Path, pipeline_class: Any
         directory: created if missing; an existing weights file is replaced.
         pipeline_class: the stock pipeline class whose ``save_lora_weights`` writes the file
             (``FluxKontextPipeline``, ``QwenImageEditPipeline``).
+        weights: the tensors to write instead of the live ones, named as :func:`lora_state_dict` names them
+            (e.g. whole tensors gathered from FSDP shards); ``ValueError`` when the names differ.
 
     Returns:
         The path of the weights file.
     """
+    live = lora_state_dict(transformer)
+    if weights is not None and set(weights) != set(live):
+        raise ValueError(f"LoRA weights to write do not fit the adapter (e.g. {sorted(set(live) ^ set(weights))[:3]})")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous().cpu() for k, v in lora_state_dict(transformer).items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (live if weights is None else weights).items()}
     pipeline_class.save_lora_weights(
         save_directory=str(directory),
         transformer_lora_layers=state,
@@ -259,15 +266,19 @@ class LoRAAdapterMixin:
         """The LoRA weights (empty before :meth:`add_lora`)."""
         return lora_parameters(self.transformer)
 
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The adapter's weights by name (see :func:`lora_state_dict`)."""
+        return lora_state_dict(self.transformer)
+
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """The reference policy: adapters off (see :func:`disabled`)."""
         with disabled(self.transformer):
             yield
 
-    def save_lora(self, directory: str | Path) -> Path:
+    def save_lora(self, directory: str | Path, weights: Mapping[str, Tensor] | None = None) -> Path:
         """``directory/pytorch_lora_weights.safetensors`` in the diffusers format (see :func:`save_lora`)."""
-        return save_lora(self.transformer, directory, self.lora_pipeline_class())
+        return save_lora(self.transformer, directory, self.lora_pipeline_class(), weights)
 
     def load_lora(self, directory: str | Path) -> None:
         """Restore adapters written by :meth:`save_lora` (see :func:`load_lora`)."""

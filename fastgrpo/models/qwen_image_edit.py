@@ -11,8 +11,8 @@ result:
   ``txt_seq_lens``, get the per-sample token counts there: a host sync those versions need);
 - true classifier-free guidance when ``true_cfg_scale > 1``: ``comb = v_neg + s (v_pos - v_neg)``, rescaled to the
   conditional norm over the channel dimension, ``comb * ||v_pos|| / ||comb||`` (computed in float32);
-- the text embeddings depend on the source image (the text encoder sees it), so :meth:`condition_key` includes
-  the source id;
+- the text embeddings depend on the source image (the text encoder sees it): a condition is the pair (source
+  image, instruction), never the instruction alone;
 - the source image is encoded at the batch resolution (the pipeline resizes it to a ~1024² area first; pass images
   of that size to reproduce it exactly).
 """
@@ -20,7 +20,6 @@ result:
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,10 +120,6 @@ class QwenImageEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(self._scheduler_config)
-
-    def condition_key(self, source_id: str, instruction: str) -> str:
-        """``json [source_id, instruction]``: the text embedding itself depends on the source image."""
-        return json.dumps([source_id, instruction])
 
     # encoding ------------------------------------------------------------------------------------------------
 

@@ -49,13 +49,20 @@ def _resolve(spec: str | Callable[..., EditModel]) -> Callable[..., EditModel]:
     return target
 
 
-def _load_tiny(path: str | Path | None = None, *, size: int | None = None, **kwargs: Any) -> EditModel:
-    """The tiny editor from ``path``, or (``None``) its packaged weights for ``size``-pixel images (default 32)."""
+def _load_tiny(
+    path: str | Path | None = None, *, size: int | None = None, attention_backend: str | None = None, **kwargs: Any
+) -> EditModel:
+    """The tiny editor from ``path``, or (``None``) its packaged weights for ``size``-pixel images (default 32);
+    ``attention_backend`` as for the other models (None: PyTorch SDPA)."""
     from fastgrpo.models import tiny_editor
 
-    if path is None:
-        return tiny_editor.build_tiny_editor(tiny_editor.packaged_weights(size or tiny_editor.TINY_SIZE), **kwargs)
-    return tiny_editor.build_tiny_editor(path, **kwargs)
+    weights = tiny_editor.packaged_weights(size or tiny_editor.TINY_SIZE) if path is None else path
+    model = tiny_editor.build_tiny_editor(weights, **kwargs)
+    if attention_backend is not None:
+        from fastgrpo.models.checkpoints import set_attention_backend
+
+        set_attention_backend(model.transformer, attention_backend)
+    return model
 
 
 def load_model(model_type: str, path: str | Path | None, **kwargs: Any) -> EditModel:

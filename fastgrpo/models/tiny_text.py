@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fastgrpo.core.shapes import CELLS, COLOURS, SHAPES
+from fastgrpo.data.shapes import CELLS, COLOURS, SHAPES
 
 PAD, UNK = "<pad>", "<unk>"
 _WORDS = {"make", "the", "move", "to", "remove", "add", "a", "an", "at"}

@@ -5,11 +5,16 @@
 - :class:`ClipReward`: open_clip text alignment + preservation outside the mask + edit direction;
 - :class:`RuleReward`: pixel rules of the built-in synthetic task;
 - :func:`build_reward` → :class:`CompositeReward`: named components combined by weights, each reported;
-- :class:`AsyncRewardEvaluator`: scoring in the background, overlapped with the next rollout.
+- :class:`AsyncRewardEvaluator`: scoring in the background, overlapped with the next rollout;
+- :class:`RewardTally`: the scored batches of an iteration or an evaluation reduced to per-sample totals, means
+  and failure counts (summed over ranks with one collective).
 
-Every component has ``score(sources, edited, instructions, masks=None, captions=None) -> float32 [B]`` (NaN where a
-sample could not be scored) and ``evaluate(RewardBatch) -> RewardResult`` with sub-terms and failure reasons.
-Importing this package is light: open_clip and httpx are imported when a component is built.
+A batch of ``B`` edits is built and checked once, ``RewardBatch.build(sources, edited, instructions, masks=None,
+captions=None, *, specs=None)`` (``ValueError`` naming the bad argument), and everything takes that batch: a
+component's ``evaluate(batch) -> RewardResult`` (``score`` float32 ``[B]``, NaN where a sample could not be scored,
+its sub-terms and failure reasons), ``CompositeReward.evaluate(batch) -> CompositeResult`` and
+``AsyncRewardEvaluator.submit(batch) -> Future``. Importing this package is light: open_clip and httpx are imported
+when a component is built.
 """
 
 from fastgrpo.rewards.async_eval import AsyncRewardEvaluator
@@ -26,6 +31,7 @@ from fastgrpo.rewards.registry import (
     register_reward,
 )
 from fastgrpo.rewards.rules import RuleReward, RuleRewardConfig
+from fastgrpo.rewards.tally import RewardTally
 
 __all__ = [
     "AsyncRewardEvaluator",
@@ -44,6 +50,7 @@ __all__ = [
     "RewardConfig",
     "RewardFunction",
     "RewardResult",
+    "RewardTally",
     "RuleReward",
     "RuleRewardConfig",
     "build_component",

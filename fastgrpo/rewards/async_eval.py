@@ -3,7 +3,8 @@
 ::
 
     with AsyncRewardEvaluator(build_reward(cfg), max_pending=2) as rewards:
-        pending = rewards.submit(sources, edited, instructions, masks)   # returns at once
+        batch = RewardBatch.build(sources, edited, instructions, masks)  # inputs checked here
+        pending = rewards.submit(batch)                                  # returns at once
         next_rollout = rollout(...)                                      # runs while the batch is scored
         result = pending.result(timeout=600)                             # CompositeResult
 
@@ -16,14 +17,11 @@ which keeps a trainer that outruns its rewards from piling up images in memory.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from fastgrpo.core.shapes import EditSpec
 from fastgrpo.rewards.base import RewardBatch, RewardFunction
 from fastgrpo.rewards.composite import CompositeReward
-from fastgrpo.rewards.images import ImageBatch, MaskBatch
 
 __all__ = ["AsyncRewardEvaluator"]
 
@@ -47,8 +45,24 @@ class AsyncRewardEvaluator:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastgrpo-reward")
         self._closed = False
 
-    def submit_batch(self, batch: RewardBatch, *, block_timeout_s: float | None = None) -> Future[Any]:
-        """Queue ``batch``; the future gives ``reward.evaluate(batch)`` (or its exception)."""
+    def submit(self, batch: RewardBatch, *, block_timeout_s: float | None = None) -> Future[Any]:
+        """Queue ``batch`` (a :class:`RewardBatch` of ``B`` edits, checked when it was built); returns a future.
+
+        The future gives ``reward.evaluate(batch)`` (a :class:`~fastgrpo.rewards.composite.CompositeResult` for a
+        composite, a :class:`~fastgrpo.rewards.base.RewardResult` for a single component) or the exception it
+        raised. Waits up to ``block_timeout_s`` seconds (``None``: as long as it takes) for one of the
+        ``max_pending`` slots.
+
+        Raises:
+            ValueError: ``batch`` is not a :class:`RewardBatch` (build one with :meth:`RewardBatch.build`).
+            RuntimeError: the evaluator is closed.
+            TimeoutError: no slot freed within ``block_timeout_s``.
+        """
+        if not isinstance(batch, RewardBatch):
+            raise ValueError(
+                f"AsyncRewardEvaluator.submit takes a RewardBatch, got {type(batch).__name__}; build one with "
+                "RewardBatch.build(sources, edited, instructions, masks, captions, specs=...)"
+            )
         if self._closed:
             raise RuntimeError("AsyncRewardEvaluator is closed; build a new one")
         if not self._slots.acquire(timeout=block_timeout_s):
@@ -63,21 +77,6 @@ class AsyncRewardEvaluator:
             raise
         future.add_done_callback(lambda _: self._slots.release())
         return future
-
-    def submit(
-        self,
-        sources: ImageBatch,
-        edited: ImageBatch,
-        instructions: Sequence[str],
-        masks: MaskBatch = None,
-        captions: Sequence[Any] | None = None,
-        *,
-        specs: Sequence[EditSpec | None] | None = None,
-        block_timeout_s: float | None = None,
-    ) -> Future[Any]:
-        """Check the inputs now (``ValueError`` on the caller's thread), then queue them; returns a future."""
-        batch = RewardBatch.build(sources, edited, instructions, masks, captions, specs)
-        return self.submit_batch(batch, block_timeout_s=block_timeout_s)
 
     def close(self, wait: bool = True) -> None:
         """Stop accepting batches; with ``wait``, finish the queued ones first. Closes the reward if asked to."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fastgrpo.core.shapes import EditSpec
+from fastgrpo.data.shapes import EditSpec
 from fastgrpo.rewards.images import ImageBatch, MaskBatch, split_images, split_masks
 
 __all__ = ["EditCaptions", "RewardBatch", "RewardFunction", "RewardResult"]
@@ -64,7 +64,7 @@ class RewardBatch:
         instructions: ``B`` edit instructions.
         masks: ``B`` mask items (``None`` where a sample has no mask).
         captions: ``B`` :class:`EditCaptions` or ``None``.
-        specs: ``B`` :class:`~fastgrpo.core.shapes.EditSpec` of the synthetic task, or ``None`` when unknown.
+        specs: ``B`` :class:`~fastgrpo.data.shapes.EditSpec` of the synthetic task, or ``None`` when unknown.
     """
 
     sources: tuple[Any, ...]
@@ -82,9 +82,31 @@ class RewardBatch:
         instructions: Sequence[str],
         masks: MaskBatch = None,
         captions: Sequence[Any] | None = None,
+        *,
         specs: Sequence[EditSpec | None] | None = None,
     ) -> RewardBatch:
-        """Split and check the inputs; raises ``ValueError`` naming the argument that is wrong and how."""
+        """The batch to hand to ``evaluate`` / ``submit`` of a component, a composite or the async evaluator.
+
+        Args:
+            sources: ``B`` source images: a tensor ``[B, 3, H, W]`` (float in ``[0, 1]`` on any device, or uint8)
+                or a sequence of ``B`` items (uint8 / float numpy ``[H, W, 3]``, PIL images, tensors ``[3, H, W]``);
+                see :mod:`fastgrpo.rewards.images`.
+            edited: ``B`` edited images, accepted in the same forms as ``sources`` (sizes may differ from them).
+            instructions: ``B`` edit instructions (a sequence of ``str``, not a single string).
+            masks: ``None`` (no sample has a mask), a tensor ``[B, H, W]`` / ``[B, 1, H, W]`` or ``B`` items
+                (``None``, bool or number array / tensor ``[H, W]``); ``True`` marks the region meant to change.
+            captions: ``None`` or ``B`` entries, each ``None``, an :class:`EditCaptions` or a
+                ``(source_caption, edited_caption)`` pair of strings / ``None``.
+            specs: keyword only; ``None`` or ``B`` entries, each ``None`` or the
+                :class:`~fastgrpo.data.shapes.EditSpec` of a synthetic-task sample (what the rule reward checks).
+
+        Images are referenced, not copied or converted here; each component converts what it needs.
+
+        Raises:
+            ValueError: ``edited`` is empty, an argument has another length than ``edited``, an image or mask has
+                the wrong rank, channel count or dtype, an instruction is not a string, a caption is not a pair of
+                strings, or a spec is not an ``EditSpec``; the message names the argument (and item) and the fix.
+        """
         edited_items = split_images(edited, "edited")
         batch = len(edited_items)
         if batch == 0:
@@ -105,7 +127,7 @@ class RewardBatch:
                 raise ValueError(f"{name} has {len(values)} entries but edited has {batch}; pass one per sample")
         for index, spec in enumerate(spec_items):
             if spec is not None and not isinstance(spec, EditSpec):
-                raise ValueError(f"specs[{index}] must be a fastgrpo.core.shapes.EditSpec or None")
+                raise ValueError(f"specs[{index}] must be a fastgrpo.data.shapes.EditSpec or None")
         return cls(
             sources=tuple(source_items),
             edited=tuple(edited_items),
@@ -149,14 +171,6 @@ class RewardResult:
         return sum(reason is not None for reason in self.failures)
 
 
-def nan_failures(score: torch.Tensor, failures: Sequence[str | None], reason: str) -> tuple[str | None, ...]:
-    """``failures`` with ``reason`` filled in wherever ``score`` (CPU ``[B]``) is NaN and no reason is known yet."""
-    values = score.tolist()
-    return tuple(
-        known if known is not None or not math.isnan(v) else reason for known, v in zip(failures, values, strict=True)
-    )
-
-
 class RewardFunction(ABC):
     """Base of every reward component.
 
@@ -179,20 +193,6 @@ class RewardFunction(ABC):
         except BaseException as error:  # handed to whoever reads the future
             future.set_exception(error)
         return future
-
-    def score(
-        self,
-        sources: ImageBatch,
-        edited: ImageBatch,
-        instructions: Sequence[str],
-        masks: MaskBatch = None,
-        captions: Sequence[Any] | None = None,
-        *,
-        specs: Sequence[EditSpec | None] | None = None,
-    ) -> torch.Tensor:
-        """``[B]`` float32 (CPU) reward of each edit, NaN where it could not be scored. Arguments as in
-        :meth:`RewardBatch.build`."""
-        return self.evaluate(RewardBatch.build(sources, edited, instructions, masks, captions, specs)).score
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release threads, connections or device memory (a no-op by default)."""

@@ -3,7 +3,8 @@
 ``R = Σ_k w_k · R_k`` over the named components, NaN for a sample where any component with a non-zero weight is
 NaN (:meth:`fastgrpo.core.containers.RewardBreakdown.total`), so a failed judge call leaves the sample out of the
 advantages instead of rewarding it on the other terms alone. Every component's sub-terms are logged next to it as
-``{name}.{term}`` with weight 0 (reported by ``summary()``, never summed).
+``{name}.{term}`` with weight 0 (reduced with the rest by :class:`~fastgrpo.rewards.tally.RewardTally`, never
+summed). Callers build the batch once, ``reward.evaluate(RewardBatch.build(sources, edited, instructions, ...))``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from fastgrpo.core.containers import RewardBreakdown
-from fastgrpo.core.shapes import EditSpec
 from fastgrpo.rewards.base import RewardBatch, RewardFunction, RewardResult
-from fastgrpo.rewards.images import ImageBatch, MaskBatch
 
 __all__ = ["CompositeResult", "CompositeReward"]
 
@@ -30,6 +28,9 @@ logger = logging.getLogger(__name__)
 @dataclass(eq=False)
 class CompositeResult:
     """The scored batch: the :class:`RewardBreakdown` (components and sub-terms) and each component's failures.
+
+    Means, finite counts and failure counts over one or many scored batches come from
+    :class:`~fastgrpo.rewards.tally.RewardTally` (``tally.add(result, B)``).
 
     Attributes:
         breakdown: components ``{name}`` with their weights and sub-terms ``{name}.{term}`` with weight 0.
@@ -42,14 +43,6 @@ class CompositeResult:
     def total(self) -> torch.Tensor:
         """``[B]`` float32 weighted reward; NaN where a weighted component is NaN."""
         return self.breakdown.total()
-
-    def summary(self) -> dict[str, torch.Tensor]:
-        """Mean, std and failure count of every component, sub-term and the total (0-d tensors)."""
-        return self.breakdown.summary()
-
-    def failure_counts(self) -> dict[str, int]:
-        """Samples not scored, per component."""
-        return {name: sum(r is not None for r in reasons) for name, reasons in self.failures.items()}
 
 
 class CompositeReward:
@@ -91,23 +84,21 @@ class CompositeReward:
         self.device = torch.device(device)
 
     def evaluate(self, batch: RewardBatch) -> CompositeResult:
-        """Score ``batch`` with every component (blocking)."""
+        """Score ``batch`` (a :class:`RewardBatch` of ``B`` edits, see :meth:`RewardBatch.build`) with every
+        component (blocking); the breakdown's tensors are ``[B]`` float32 on ``device``.
+
+        Raises:
+            ValueError: ``batch`` is not a :class:`RewardBatch`; a component's own error (bad input for it, e.g.
+                the rule reward without specs) propagates unchanged.
+        """
+        if not isinstance(batch, RewardBatch):
+            raise ValueError(
+                f"CompositeReward.evaluate takes a RewardBatch, got {type(batch).__name__}; build one with "
+                "RewardBatch.build(sources, edited, instructions, masks, captions, specs=...)"
+            )
         futures = {name: component.submit(batch) for name, component in self.components.items()}
         results = {name: future.result() for name, future in futures.items()}
         return self._combine(results)
-
-    def score(
-        self,
-        sources: ImageBatch,
-        edited: ImageBatch,
-        instructions: Sequence[str],
-        masks: MaskBatch = None,
-        captions: Sequence[Any] | None = None,
-        *,
-        specs: Sequence[EditSpec | None] | None = None,
-    ) -> CompositeResult:
-        """Build a :class:`RewardBatch` (see :meth:`RewardBatch.build`) and :meth:`evaluate` it."""
-        return self.evaluate(RewardBatch.build(sources, edited, instructions, masks, captions, specs))
 
     def _combine(self, results: Mapping[str, RewardResult]) -> CompositeResult:
         values: dict[str, torch.Tensor] = {}

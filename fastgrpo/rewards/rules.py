@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgrpo.core.shapes import BACKGROUNDS, COLOURS, EditSpec, shape_mask
+from fastgrpo.data.shapes import BACKGROUNDS, COLOURS, EditSpec, shape_mask
 from fastgrpo.rewards.base import RewardBatch, RewardFunction, RewardResult
 from fastgrpo.rewards.config import dataclass_from_mapping
 from fastgrpo.rewards.images import is_finite_image, to_float_hwc255
@@ -100,9 +100,9 @@ def expected_edit(spec: EditSpec, size: int) -> tuple[np.ndarray, np.ndarray, np
 class RuleReward(RewardFunction):
     """Rule reward of the synthetic task, in ``[0, edit_weight + keep_weight]`` (``[0, 1]`` by default).
 
-    Needs ``specs`` in the batch (``score(..., specs=[edit.spec for edit in edits])``); raises ``ValueError``
-    without them. Images must be square and the source as large as the edited image. A sample with a non-finite
-    pixel scores NaN.
+    Needs ``specs`` in the batch (``RewardBatch.build(..., specs=[edit.spec for edit in edits])``); raises
+    ``ValueError`` without them. Images must be square and the source as large as the edited image. A sample with a
+    non-finite pixel scores NaN.
     """
 
     def __init__(self, config: RuleRewardConfig | Mapping[str, Any] | None = None) -> None:

@@ -20,11 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgrpo.core.shapes import EditSpec
+from fastgrpo.data.shapes import EditSpec
 from fastgrpo.data.synthetic import SyntheticEditTask
+from fastgrpo.models.base import Condition, EditModel, images_to_tensor
+from fastgrpo.rewards.base import RewardBatch
 from fastgrpo.train.config.sections import DataConfig
 
-__all__ = ["ConditionItem", "ConditionPlan", "ConditionSource", "RankBatch", "build_condition_source"]
+__all__ = [
+    "ConditionItem",
+    "ConditionPlan",
+    "ConditionSource",
+    "RankBatch",
+    "build_condition_source",
+    "encode_batch",
+    "reward_batch",
+]
 
 #: held-out synthetic conditions come from this task seed offset (the same as the tiny editor's pre-training)
 HELD_OUT_SEED_OFFSET = 1000
@@ -90,9 +100,26 @@ class RankBatch:
     def size(self) -> int:
         return int(self.item_of_sample.numel())
 
-    def per_sample(self, attr: str) -> list[Any]:
-        """``attr`` of the condition of every local sample."""
-        return [getattr(self.items[i], attr) for i in self.item_of_sample.tolist()]
+    def samples(self, rows: slice | None = None) -> list[ConditionItem]:
+        """The condition of every local sample (of ``rows`` only, when given)."""
+        indices = self.item_of_sample.tolist()
+        return [self.items[i] for i in (indices if rows is None else indices[rows])]
+
+
+def encode_batch(model: EditModel, batch: RankBatch) -> Condition:
+    """``batch``'s conditions encoded once each, then one row per sample (groups repeated), on the model's
+    device."""
+    sources = images_to_tensor([item.source for item in batch.items])
+    cond = model.encode(sources, [item.instruction for item in batch.items])
+    return cond.index_select(batch.item_of_sample.to(model.device))
+
+
+def reward_batch(items: Sequence[ConditionItem], edited: Sequence[np.ndarray]) -> RewardBatch:
+    """The :class:`~fastgrpo.rewards.base.RewardBatch` of ``edited`` images (``uint8 [H, W, 3]``, one per item)."""
+    return RewardBatch.build(
+        [c.source for c in items], list(edited), [c.instruction for c in items], [c.mask for c in items],
+        [c.captions for c in items], specs=[c.spec for c in items],
+    )  # fmt: skip
 
 
 class ConditionSource:

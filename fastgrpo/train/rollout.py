@@ -6,33 +6,73 @@ forwards, with no host synchronisation: ``v = model.velocity(x_t, t, cond)``, th
 (``noise_level > 0``) and are trainable; the others are deterministic Euler (ODE) steps. Noise comes from a
 device-side generator state (:func:`~fastgrpo.kernels.noise_state`), advanced by one per SDE step, so the loop can be
 captured in a CUDA graph and still draw fresh noise on every replay.
+
+What a rollout of one resolution needs besides the model and the conditions is built once per resolution as a
+:class:`RolloutPlan`: the schedule, the step math (:class:`~fastgrpo.core.sde.StepSpec`) and the SDE window.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fastgrpo.core.containers import Rollout
 from fastgrpo.core.schedule import StepSchedule
+from fastgrpo.core.sde import StepSpec
 from fastgrpo.kernels import sde_step
 from fastgrpo.models.base import Condition, EditModel
 
+__all__ = ["RolloutPlan", "StepsFn", "rollout", "rollout_steps", "sde_steps"]
 
-def sde_mask(num_steps: int, window: tuple[int, int] | None) -> Tensor:
-    """``[K]`` bool: the steps in ``[start, end)`` (all steps for ``None``); ValueError for a window outside."""
+Annotate = Callable[[str], AbstractContextManager[None]]
+
+
+def sde_steps(num_steps: int, window: tuple[int, int] | None) -> tuple[int, ...]:
+    """The SDE steps ``[start, end)`` of a ``num_steps`` rollout (all of them for ``None``); ``ValueError`` for a
+    window outside the rollout."""
     if window is None:
-        return torch.ones(num_steps, dtype=torch.bool)
+        return tuple(range(num_steps))
     start, end = window
     if not 0 <= start <= end <= num_steps:
         raise ValueError(f"SDE window {window} must satisfy 0 <= start <= end <= {num_steps} (the rollout's steps)")
-    mask = torch.zeros(num_steps, dtype=torch.bool)
-    mask[start:end] = True
-    return mask
+    return tuple(range(start, end))
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Everything about a rollout that depends on the resolution and the config, not on the batch: built once per
+    resolution (:meth:`build`) and shared by the rollout, the update and the metrics.
+
+    Attributes:
+        schedule: the rollout schedule (``train_steps`` over the evaluation interval).
+        spec: the step math (noise level, resolved ``t_cap``, reduction, kernel backend).
+        sde_steps: the steps sampled with noise, ascending; the others are ODE steps.
+    """
+
+    schedule: StepSchedule
+    spec: StepSpec
+    sde_steps: tuple[int, ...]
+
+    @classmethod
+    def build(cls, schedule: StepSchedule, spec: StepSpec, window: tuple[int, int] | None = None) -> RolloutPlan:
+        """The plan of ``schedule`` with the SDE window ``[start, end)`` (``None``: every step)."""
+        return cls(schedule, spec, sde_steps(schedule.num_steps, window))
+
+    @property
+    def num_steps(self) -> int:
+        """``K``, the rollout's steps."""
+        return self.schedule.num_steps
+
+    @property
+    def noise_levels(self) -> tuple[float, ...]:
+        """``K`` noise levels (host floats): ``spec.noise_level`` on the SDE steps, 0 on the ODE steps."""
+        sde = set(self.sde_steps)
+        return tuple(self.spec.noise_level if k in sde else 0.0 for k in range(self.num_steps))
 
 
 def rollout_steps(
@@ -41,17 +81,16 @@ def rollout_steps(
     latents: Tensor,
     log_probs: Tensor,
     times: Tensor,
-    levels: Sequence[float],
-    t_cap: float,
+    levels: tuple[float, ...],
+    spec: StepSpec,
     state: Tensor,
-    reduction: str,
-    backend: str,
-    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
+    annotate: Annotate | None = None,
 ) -> None:
     """The step loop of :func:`rollout` on given buffers: ``latents [B, K+1, N, C]`` float32 (row 0 holds the
     initial noise), ``log_probs [B, K]`` float32, ``times [K+1]`` float32 on the latents' device, ``levels`` the
-    ``K`` noise levels (host floats), ``state`` int64 [2] (advanced in place). No allocation beyond the step
-    outputs and no host-to-device copy, so a CUDA graph can capture it (:mod:`fastgrpo.train.graphs.rollout`).
+    ``K`` noise levels (host floats; ``spec.noise_level`` is not read), ``state`` int64 [2] (advanced in place). No
+    allocation beyond the step outputs and no host-to-device copy, so a CUDA graph can capture it
+    (:class:`~fastgrpo.train.graphs.RolloutGraphRunner` takes the same arguments).
     """
     batch = latents.shape[0]
     t, t_next = times[:-1], times[1:]
@@ -60,56 +99,66 @@ def rollout_steps(
             x = latents[:, k]
             v = model.velocity(x, t[k].expand(batch), cond)
             x_next, logp = sde_step(
-                x, v, t[k], t_next[k], noise_level=level, t_cap=t_cap, seed=state, reduction=reduction,
-                backend=backend,
+                x, v, t[k], t_next[k], noise_level=level, t_cap=spec.t_cap, seed=state, reduction=spec.reduction,
+                backend=spec.backend,
             )  # fmt: skip
             latents[:, k + 1] = x_next
             log_probs[:, k] = logp
+
+
+#: what runs the step loop: :func:`rollout_steps`, or a CUDA-graph runner with its signature
+StepsFn = Callable[..., None]
+
+
+def check_noise_state(noise_state: Tensor, device: torch.device) -> None:
+    """``ValueError`` unless ``noise_state`` is an int64 ``[2]`` tensor on ``device``."""
+    if not isinstance(noise_state, Tensor) or noise_state.dtype != torch.int64 or noise_state.shape != (2,):
+        raise ValueError(
+            "noise_state must be an int64 tensor [2] = (seed, offset); build one with "
+            f"fastgrpo.kernels.noise_state(seed, device=...), got {noise_state!r:.80}"
+        )
+    if noise_state.device != device:
+        raise ValueError(f"noise_state is on {noise_state.device} but the latents are on {device}; move it there")
 
 
 @torch.no_grad()
 def rollout(
     model: EditModel,
     cond: Condition,
-    schedule: StepSchedule,
+    plan: RolloutPlan,
     initial_noise: Tensor,
     *,
-    noise_level: float,
     noise_state: Tensor,
-    t_cap: float | None = None,
-    window: tuple[int, int] | None = None,
     group_ids: Tensor | None = None,
-    reduction: str = "mean",
-    backend: str = "auto",
-    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
+    annotate: Annotate | None = None,
+    steps_fn: StepsFn = rollout_steps,
 ) -> Rollout:
     """Sample ``B`` trajectories; returns a :class:`Rollout` with ``latents [B, K+1, N, C]`` (float32),
-    ``log_probs [B, K]`` (0 on ODE steps), ``trained [K]`` (the SDE window) and NaN rewards (not scored yet).
+    ``log_probs [B, K]`` (0 on ODE steps), the plan's SDE steps (all of them trained) and NaN rewards.
 
     Args:
         cond: ``B`` conditions (repeat each ``G`` times for groups: ``cond.repeat_interleave(G)``).
-        schedule: the rollout schedule (``train_steps`` over the evaluation interval).
+        plan: schedule, step math and SDE window of this resolution (:meth:`RolloutPlan.build`).
         initial_noise: packed ``[B, N, C]`` noise at t = 1 (``model.initial_noise``).
-        noise_level: ``a`` of SPEC S1 on the SDE steps.
-        noise_state: int64 ``[2]`` generator state on the model's device (advanced in place).
-        t_cap: defaults to the schedule's second time.
-        window: ``[start, end)`` SDE steps; ``None`` = every step.
+        noise_state: int64 ``[2]`` generator state on the model's device (advanced in place, once per SDE step).
         group_ids: ``[B]`` int64 (default ``arange(B)``).
         annotate: ``annotate(name)`` gives a context around each step (NVTX ranges); None: nothing.
+        steps_fn: runs the step loop on the buffers (default :func:`rollout_steps`; a CUDA-graph runner replays
+            it instead).
+
+    Raises ``ValueError`` for an ``initial_noise`` without one row per condition or a malformed ``noise_state``.
     """
     batch = cond.batch_size
     if initial_noise.shape[0] != batch:
         raise ValueError(f"initial_noise has {initial_noise.shape[0]} rows for {batch} conditions; pass one per sample")
-    k_steps = schedule.num_steps
     device = initial_noise.device
-    trained = sde_mask(k_steps, window).to(device)
-    levels = [noise_level if bool(m) else 0.0 for m in sde_mask(k_steps, window)]  # host copy: no device read
-    cap = schedule.t_cap if t_cap is None else float(t_cap)
-    times = schedule.to(device)
+    check_noise_state(noise_state, device)
+    times = plan.schedule.to(device).times
+    k_steps = plan.num_steps
     latents = torch.empty((batch, k_steps + 1, *initial_noise.shape[1:]), dtype=torch.float32, device=device)
     log_probs = torch.zeros((batch, k_steps), dtype=torch.float32, device=device)
     latents[:, 0] = initial_noise
-    rollout_steps(model, cond, latents, log_probs, times.times, levels, cap, noise_state, reduction, backend, annotate)
+    steps_fn(model, cond, latents, log_probs, times, plan.noise_levels, plan.spec, noise_state, annotate)
     ids = group_ids if group_ids is not None else torch.arange(batch, device=device)
     rewards = torch.full((batch,), float("nan"), dtype=torch.float32, device=device)
-    return Rollout(latents, log_probs, times.times, trained, ids, rewards).validate()
+    return Rollout(latents, log_probs, times, ids, rewards, plan.sde_steps).validate()

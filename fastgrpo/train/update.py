@@ -1,99 +1,150 @@
 """The GRPO update of one rollout: per trained step and micro-batch, policy (and reference) forward, the fused
 log-prob/KL + clipped loss, backward. Gradients accumulate into the LoRA parameters; the caller clips and steps
-the optimiser.
+the optimiser (:class:`~fastgrpo.train.policy.Policy`).
 
 Each (micro-batch, step) loss is weighted by ``(micro-batch size / B) / (trained steps)`` so that the accumulated
 gradient is exactly that of SPEC's ``J = mean_t L_policy(t) + beta mean_t KL(t)`` over the whole batch, whatever
 the micro-batch size. Statistics stay on the device (no host synchronisation): weighted means, and min/max for the
 ratio extremes.
+
+The loop over steps and micro-batches exists once, in :func:`grpo_backward`; what one (step, micro-batch) does is
+:func:`micro_step`, which a CUDA-graph runner (:class:`~fastgrpo.train.graphs.UpdateGraphRunner`) replaces by a
+replay of its capture.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fastgrpo.core.containers import Rollout
 from fastgrpo.core.objective import GRPOConfig, step_loss
+from fastgrpo.core.sde import StepSpec
 from fastgrpo.kernels import GRPOStats
-from fastgrpo.kernels.grpo.naive import STAT_NAMES
 from fastgrpo.models.base import Condition, EditModel
 
-_MIN, _MAX = STAT_NAMES.index("ratio_min"), STAT_NAMES.index("ratio_max")
+__all__ = ["MicroBatch", "MicroStep", "grpo_backward", "micro_step"]
+
+Annotate = Callable[[str], AbstractContextManager[None]]
+_MIN, _MAX = GRPOStats.NAMES.index("ratio_min"), GRPOStats.NAMES.index("ratio_max")
 
 
-def _micro_batches(batch: int, size: int | None, device: torch.device) -> list[Tensor]:
-    """Row indices of each micro-batch, made on ``device`` (no host-to-device copy)."""
-    size = batch if size is None else size
+@dataclass(frozen=True, eq=False)
+class MicroBatch:
+    """One (trained step, micro-batch) of the update.
+
+    Attributes:
+        step: the rollout step ``k`` (for NVTX range names).
+        x, x_next: ``[b, N, C]`` the stored transition of step ``k`` (data, no gradient).
+        t, t_next: 0-d float32 times of the step.
+        old_logp: ``[b]`` float32 log-probs at sampling time; adv: ``[b]`` float32 advantages.
+        cond: the ``b`` conditions.
+        weight: the loss weight ``(b / B) / (trained steps)`` (a 0-d float32 tensor in a CUDA graph's static
+            inputs, so that replays can change it).
+    """
+
+    step: int
+    x: Tensor
+    x_next: Tensor
+    t: Tensor
+    t_next: Tensor
+    old_logp: Tensor
+    adv: Tensor
+    cond: Condition
+    weight: float | Tensor
+
+
+#: what runs one micro-step: ``(model, batch, grpo, spec, annotate) -> stats [len(GRPOStats.NAMES)]`` with the
+#: gradient accumulated into the parameters' ``.grad``
+MicroStep = Callable[[EditModel, MicroBatch, GRPOConfig, StepSpec, "Annotate | None"], Tensor]
+
+
+def micro_step(
+    model: EditModel, batch: MicroBatch, grpo: GRPOConfig, spec: StepSpec, annotate: Annotate | None = None
+) -> Tensor:
+    """Loss and backward of one micro-step; returns its unweighted statistics ``[len(GRPOStats.NAMES)]`` float32
+    on the device. The weighted loss's gradient accumulates into the LoRA parameters' ``.grad``."""
+    mark = annotate if annotate is not None else (lambda _name: contextlib.nullcontext())
+    t = batch.t.expand(batch.x.shape[0])
+    with torch.enable_grad():
+        with mark(f"train forward step {batch.step}"):
+            v = model.velocity(batch.x, t, batch.cond)
+            v_ref = None
+            if grpo.needs_reference:
+                with torch.no_grad(), model.reference():
+                    v_ref = model.velocity(batch.x, t, batch.cond)
+            loss, stats, _ = step_loss(
+                batch.x_next, batch.x, v, v_ref, batch.t, batch.t_next, batch.old_logp, batch.adv, grpo=grpo,
+                spec=spec, weight=batch.weight,
+            )  # fmt: skip
+        with mark(f"train backward step {batch.step}"):
+            loss.backward()
+    return stats.values
+
+
+def _micro_batch_rows(rollout: Rollout, cond: Condition, micro_batch: int | None) -> list[Tensor]:
+    """Checks the update's inputs; returns the row indices of each micro-batch, made on the rollout's device."""
+    batch = rollout.batch_size
+    if rollout.advantages is None:
+        raise ValueError("the rollout has no advantages: compute them first (fastgrpo.core.advantages)")
+    if not rollout.trained:
+        raise ValueError("the rollout trains no step (rollout.trained is empty): train at least one SDE step")
+    if cond.batch_size != batch:
+        raise ValueError(f"cond has {cond.batch_size} rows for a rollout of B={batch}; pass one per sample")
+    rollout.validate()  # trained steps must be SDE steps (host tuples: no device read)
+    size = batch if micro_batch is None else micro_batch
     if size < 1:
         raise ValueError(f"micro_batch must be >= 1 (or None for the whole batch), got {size}")
-    return [torch.arange(start, min(start + size, batch), device=device) for start in range(0, batch, size)]
+    return [torch.arange(start, min(start + size, batch), device=rollout.device) for start in range(0, batch, size)]
 
 
 def grpo_backward(
     model: EditModel,
     rollout: Rollout,
     cond: Condition,
-    advantages: Tensor,
-    steps: Sequence[int],
     *,
     grpo: GRPOConfig,
-    noise_level: float,
-    t_cap: float,
-    reduction: str = "mean",
+    spec: StepSpec,
     micro_batch: int | None = None,
-    backend: str = "auto",
-    annotate: Callable[[str], AbstractContextManager[None]] | None = None,
+    annotate: Annotate | None = None,
+    step_fn: MicroStep = micro_step,
 ) -> GRPOStats:
-    """Accumulate the gradient of ``J`` over the trained ``steps`` of ``rollout``; returns on-device statistics.
+    """Accumulate the gradient of ``J`` over the trained steps of ``rollout``; returns on-device statistics.
 
     Args:
+        rollout: the rollout with its advantages; ``rollout.trained`` lists the steps to train, in order.
         cond: the ``B`` conditions of the rollout (one per sample, groups repeated).
-        advantages: ``[B]`` float32 (:func:`fastgrpo.core.group_advantages`).
-        steps: indices of trained steps (each must be an SDE step of the rollout).
+        spec: the step math of the rollout's resolution.
         micro_batch: samples per forward (``None``: the whole batch at once).
-        annotate: ``annotate(name)`` gives a context around each forward and backward (NVTX ranges).
+        annotate: ``annotate(name)`` gives a context around each micro-step and its forward and backward (NVTX).
+        step_fn: runs one micro-step (default :func:`micro_step`; a CUDA-graph runner replays it instead).
+
+    Raises ``ValueError`` for a rollout without advantages or trained steps, a trained step that is not an SDE
+    step, a ``cond`` of another batch size, or ``micro_batch < 1``.
     """
-    batch = rollout.batch_size
-    if not steps:
-        raise ValueError("steps is empty: pass at least one trained step index")
-    if cond.batch_size != batch or advantages.shape != (batch,):
-        raise ValueError(f"cond has {cond.batch_size} rows and advantages {tuple(advantages.shape)} for B={batch}")
-    trained = rollout.trained.tolist()  # [K] bools: read once, outside the inner loop
-    if not all(0 <= k < len(trained) and trained[k] for k in steps):
-        raise ValueError(f"steps {list(steps)} must be SDE (trained) steps of the rollout: {trained}")
-    device = rollout.device
-    totals = torch.zeros(len(STAT_NAMES), dtype=torch.float32, device=device)
-    low = torch.full((), float("inf"), device=device)
-    high = torch.full((), float("-inf"), device=device)
-    chunks = _micro_batches(batch, micro_batch, device)
+    chunks = _micro_batch_rows(rollout, cond, micro_batch)
+    batch, steps, times = rollout.batch_size, rollout.trained, rollout.times
+    assert rollout.advantages is not None and steps is not None
     conds = [cond.index_select(rows) for rows in chunks]
-    times = rollout.times
     mark = annotate if annotate is not None else (lambda _name: contextlib.nullcontext())
+    totals = torch.zeros(len(GRPOStats.NAMES), dtype=torch.float32, device=rollout.device)
+    low = torch.full((), float("inf"), device=rollout.device)
+    high = torch.full((), float("-inf"), device=rollout.device)
     for k in steps:
         x, x_next = rollout.step(k)
         for rows, sub in zip(chunks, conds, strict=True):
             weight = rows.numel() / batch / len(steps)
-            t = times[k].expand(rows.numel())
-            with mark(f"train forward step {k}"):
-                v = model.velocity(x[rows], t, sub)
-                v_ref = None
-                if grpo.needs_reference:
-                    with torch.no_grad(), model.reference():
-                        v_ref = model.velocity(x[rows], t, sub)
-                loss, stats, _ = step_loss(
-                    x_next[rows], x[rows], v, v_ref, times[k], times[k + 1], rollout.log_probs[rows, k],
-                    advantages[rows], grpo=grpo, noise_level=noise_level, t_cap=t_cap, reduction=reduction,
-                    weight=weight, backend=backend,
-                )  # fmt: skip
-            with mark(f"train backward step {k}"):
-                loss.backward()
-            totals += stats.values * weight
-            low = torch.minimum(low, stats.values[_MIN])
-            high = torch.maximum(high, stats.values[_MAX])
+            micro = MicroBatch(k, x[rows], x_next[rows], times[k], times[k + 1], rollout.log_probs[rows, k],
+                               rollout.advantages[rows], sub, weight)  # fmt: skip
+            with mark(f"train step {k}"):
+                values = step_fn(model, micro, grpo, spec, annotate)
+            totals += values * weight
+            low = torch.minimum(low, values[_MIN])
+            high = torch.maximum(high, values[_MAX])
     totals[_MIN], totals[_MAX] = low, high
     return GRPOStats(totals)

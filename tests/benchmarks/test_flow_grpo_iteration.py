@@ -24,6 +24,7 @@ import random_models  # noqa: E402
 from fastgrpo.core.advantages import group_advantages  # noqa: E402
 from fastgrpo.kernels import noise_state  # noqa: E402
 from fastgrpo.kernels.sde.naive import step_logprob_ref  # noqa: E402
+from fastgrpo.train.conditions import encode_batch  # noqa: E402
 from fastgrpo.train.config import load_config  # noqa: E402
 from fastgrpo.train.loop import Trainer  # noqa: E402
 from fastgrpo.train.rollout import rollout  # noqa: E402
@@ -44,7 +45,7 @@ SMALL = [
     "runtime.kernel_backend=torch",
 ]
 CONFIG = REPO / "benchmarks" / "flux_kontext_random.yaml"
-STEPS = [0, 2]  # the trained steps of the gradient tests
+STEPS = (0, 2)  # the trained steps of the gradient tests
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,36 +66,36 @@ def trainer(tmp_path_factory):
     trainer = Trainer(cfg, log=lambda _m: None)
     with torch.no_grad():  # a LoRA away from zero, so that the policy and the reference differ
         gen = torch.Generator().manual_seed(3)
-        for p in trainer.params:
+        for p in trainer.policy.params:
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     yield trainer
-    trainer.evaluator.close()
+    trainer.generator.close()
     trainer.close()
     trainer.run_dir.close()
 
 
 @pytest.fixture(scope="module")
 def problem(trainer):
-    """Conditions, a fastgrpo rollout with old log-probs moved off the current ones, advantages, ``t_cap``."""
-    cfg = trainer.cfg
+    """Conditions, a fastgrpo rollout with old log-probs moved off the current ones, advantages and the
+    trained steps set, and the step math."""
     batch = trainer.source.rank_batch(0, trainer.plan)
-    cond = trainer._encode(batch)
-    schedule = trainer._schedule(cond.height, cond.width)
-    t_cap = cfg.sde.resolve_t_cap(schedule)
+    cond = encode_batch(trainer.model, batch)
+    plan = trainer.plans(cond.height, cond.width)
+    spec = dataclasses.replace(plan.spec, backend="torch")
     initial = trainer.model.initial_noise(
         batch.size, cond.height, cond.width, generator=torch.Generator().manual_seed(5)
     )
-    ro = rollout(trainer.model, cond, schedule, initial, noise_level=cfg.sde.noise_level, noise_state=noise_state(7, 0),
-                 t_cap=t_cap, group_ids=batch.group_ids, backend="torch")  # fmt: skip
+    ro = rollout(trainer.model, cond, dataclasses.replace(plan, spec=spec), initial, noise_state=noise_state(7, 0),
+                 group_ids=batch.group_ids)  # fmt: skip
     gen = torch.Generator().manual_seed(11)
-    ro.log_probs = ro.log_probs + 0.6 * (torch.rand(ro.log_probs.shape, generator=gen) - 0.5)  # ratios 0.74 .. 1.35
-    advantages = torch.randn(batch.size, generator=gen)
-    return cond, ro, advantages, t_cap
+    log_probs = ro.log_probs + 0.6 * (torch.rand(ro.log_probs.shape, generator=gen) - 0.5)  # ratios 0.74 .. 1.35
+    ro = dataclasses.replace(ro, log_probs=log_probs, advantages=torch.randn(batch.size, generator=gen), trained=STEPS)
+    return cond, ro, spec
 
 
 def _grads(trainer) -> list[torch.Tensor]:
-    grads = [p.grad.detach().clone() for p in trainer.params]
-    trainer.optimizer.zero_grad(set_to_none=True)
+    grads = [p.grad.detach().clone() for p in trainer.policy.params]
+    trainer.policy.zero_grad()
     return grads
 
 
@@ -109,14 +110,13 @@ def test_scheduler_sigmas_look_each_sample_up_in_the_schedule():
 def test_baseline_gradient_and_loss_match_grpo_backward(trainer, problem, beta):
     cfg = trainer.cfg
     grpo = dataclasses.replace(cfg.grpo, beta=beta)
-    cond, ro, advantages, t_cap = problem
-    steps = STEPS
-    kw = {"grpo": grpo, "noise_level": cfg.sde.noise_level, "t_cap": t_cap}
-    trainer.optimizer.zero_grad(set_to_none=True)
-    stats = grpo_backward(trainer.model, ro, cond, advantages, steps, micro_batch=3, backend="torch", **kw)
+    cond, ro, spec = problem
+    trainer.policy.zero_grad()
+    stats = grpo_backward(trainer.model, ro, cond, grpo=grpo, spec=spec, micro_batch=3)
     expected = _grads(trainer)
     order = torch.randperm(ro.batch_size, generator=torch.Generator().manual_seed(2))  # Flow-GRPO shuffles
-    info = fgi.flow_grpo_backward(trainer.model, ro, cond, advantages, steps, train_batch=3, order=order, **kw)
+    info = fgi.flow_grpo_backward(trainer.model, ro, cond, grpo=grpo, noise_level=spec.noise_level, t_cap=spec.t_cap,
+                                  train_batch=3, order=order)  # fmt: skip
     got = _grads(trainer)
 
     assert any(g.abs().max() > 0 for g in expected)
@@ -132,22 +132,19 @@ def test_baseline_gradient_and_loss_match_grpo_backward(trainer, problem, beta):
 def test_a_different_kl_is_detected(trainer, problem):
     """Negative control: the comparison above sees the KL term (fastgrpo's exact KL gives another gradient)."""
     cfg = trainer.cfg
-    cond, ro, advantages, t_cap = problem
-    steps = STEPS
-    trainer.optimizer.zero_grad(set_to_none=True)
-    exact = dataclasses.replace(cfg.grpo, kl_form="exact")
-    grpo_backward(trainer.model, ro, cond, advantages, steps, grpo=exact, noise_level=cfg.sde.noise_level,
-                  t_cap=t_cap, backend="torch")  # fmt: skip
+    cond, ro, spec = problem
+    trainer.policy.zero_grad()
+    grpo_backward(trainer.model, ro, cond, grpo=dataclasses.replace(cfg.grpo, kl_form="exact"), spec=spec)
     expected = _grads(trainer)
-    fgi.flow_grpo_backward(trainer.model, ro, cond, advantages, steps, grpo=cfg.grpo,
-                           noise_level=cfg.sde.noise_level, t_cap=t_cap)  # fmt: skip
+    fgi.flow_grpo_backward(trainer.model, ro, cond, grpo=cfg.grpo, noise_level=spec.noise_level, t_cap=spec.t_cap)
     got = _grads(trainer)
     assert max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected, strict=True)) > 1e-2
 
 
 def test_baseline_rollout_stores_each_steps_log_density(trainer, problem):
     cfg = trainer.cfg
-    cond, ro, _adv, t_cap = problem
+    cond, ro, spec = problem
+    t_cap = spec.t_cap
     sub = cond.index_select(torch.arange(3))
     initial = ro.latents[:3, 0]
     latents, log_probs = fgi.rollout_batch(trainer.model, sub, ro.times, initial, noise_levels=[0.7, 0.0, 0.7],
@@ -176,13 +173,13 @@ def test_flow_grpo_advantages_are_the_group_advantages():
 
 
 def test_baseline_iteration_trains_and_reports(trainer):
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in trainer.policy.params]
     runner = fgi.FlowGRPOIteration(trainer)
     try:
         row = runner.iteration(1)
     finally:
         runner.close()
-    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.params, strict=True)), "AdamW did not step"
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.policy.params, strict=True)), "AdamW did not step"
     for key in ("time/step", "time/rollout", "time/decode", "time/reward", "time/update", "time/optimizer"):
         assert row[key] > 0, key
     assert row["images_per_s"] > 0 and row["tflops_per_s"] > 0 and np.isfinite(row["loss"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pytest
@@ -20,9 +19,9 @@ def make_rollout(batch: int = B, device: str = "cpu", seed: int = 0) -> Rollout:
         latents=torch.randn(batch, T + 1, *LATENT, generator=generator).to(torch.bfloat16),
         log_probs=torch.randn(batch, T, generator=generator),
         times=torch.tensor([1.0, 0.6, 0.3, 0.0]),
-        trained=torch.tensor([True, True, False]),
         group_ids=torch.arange(batch, dtype=torch.int64) // 2,
         rewards=torch.rand(batch, generator=generator),
+        sde_steps=(0, 1),
     )
     return rollout.to(device)
 
@@ -34,6 +33,8 @@ def test_valid_rollout_and_accessors() -> None:
     x_t, x_next = rollout.step(1)
     assert torch.equal(x_t, rollout.latents[:, 1]) and torch.equal(x_next, rollout.latents[:, 2])
     assert x_t.data_ptr() == rollout.latents[:, 1].data_ptr()  # a view, no copy
+    assert rollout.trained == rollout.sde_steps == (0, 1)  # every SDE step is trained by default
+    assert replace(rollout, trained=[1]).validate().trained == (1,)
     for k in (-1, T):
         with pytest.raises(ValueError, match="step index"):
             rollout.step(k)
@@ -47,8 +48,10 @@ BAD_FIELDS = [
     ("log_probs", torch.zeros(B, T, dtype=torch.bfloat16)),
     ("times", torch.zeros(T)),
     ("times", torch.zeros(T + 1, dtype=torch.float64)),
-    ("trained", torch.ones(T, dtype=torch.int64)),
-    ("trained", torch.ones(T + 1, dtype=torch.bool)),
+    ("sde_steps", (0, T)),  # outside the rollout
+    ("sde_steps", (1, 0)),  # not ascending
+    ("trained", (2,)),  # an ODE step: no log-probability to train on
+    ("trained", (0, 0)),
     ("group_ids", torch.zeros(B, dtype=torch.int32)),
     ("rewards", torch.zeros(B + 1)),
     ("advantages", torch.zeros(B, 1)),
@@ -94,6 +97,8 @@ def test_cat_refuses_other_schedules() -> None:
     other = replace(make_rollout(), times=torch.tensor([1.0, 0.5, 0.2, 0.0]))
     with pytest.raises(ValueError, match="schedule"):
         Rollout.cat([make_rollout(), other])
+    with pytest.raises(ValueError, match="schedule"):
+        Rollout.cat([make_rollout(), replace(make_rollout(), trained=(1, 0))])
     with pytest.raises(ValueError, match="incompatible"):
         Rollout.cat([make_rollout(), replace(make_rollout(), latents=make_rollout().latents.float())])
     with pytest.raises(ValueError, match="empty"):
@@ -120,19 +125,6 @@ def test_zero_weight_component_is_logged_but_not_summed() -> None:
     parts = breakdown(judge=0.0, clip=0.0, fidelity=2.0)
     parts.components["judge"] = torch.full((4,), NAN)
     assert parts.total().tolist() == [2.0, 0.0, 1.0, 0.5]
-
-
-def test_summary_reports_finite_statistics() -> None:
-    summary = breakdown().summary()
-    assert float(summary["judge/mean"]) == pytest.approx(1.4 / 3)
-    judge = [0.8, 0.5, 0.1]
-    assert float(summary["judge/std"]) == pytest.approx(math.sqrt(sum((x - 1.4 / 3) ** 2 for x in judge) / 3))
-    assert int(summary["judge/failed"]) == 1
-    assert int(summary["total/failed"]) == 2
-    assert all(value.dim() == 0 for value in summary.values())
-    assert set(summary) == {
-        f"{n}/{s}" for n in ("judge", "clip", "fidelity", "total") for s in ("mean", "std", "failed")
-    }
 
 
 def test_reward_breakdown_to_and_from_mapping() -> None:

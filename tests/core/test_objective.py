@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fastgrpo.core import GRPOConfig, SDEConfig, flow_schedule, sigma_t, step_loss, step_mean_std
+from fastgrpo.core import GRPOConfig, SDEConfig, StepSpec, flow_schedule, sigma_t, step_loss, step_mean_std
 from fastgrpo.kernels.grpo.naive import grpo_loss_ref
 from fastgrpo.kernels.sde import naive
 
@@ -64,7 +64,7 @@ def test_accumulated_step_losses_equal_the_full_objective(beta):
             v = _policy(vs[k][rows], theta)
             loss, _, _ = step_loss(
                 xs[k + 1][rows], xs[k][rows], v, vs[k][rows] if beta else None, TIMES[k], TIMES[k + 1],
-                old[k][rows], adv[rows], grpo=cfg, weight=share / steps, backend="torch", **kw,
+                old[k][rows], adv[rows], grpo=cfg, spec=StepSpec(A, T_CAP, backend="torch"), weight=share / steps,
             )  # fmt: skip
             loss.backward()
             total = total + loss.detach()
@@ -80,7 +80,7 @@ def test_step_loss_triton_equals_torch():
     for backend in ("torch", "triton"):
         v = (vs[0] * 1.01).requires_grad_(True)
         loss, stats, logp = step_loss(
-            xs[1], xs[0], v, vs[0], 1.0, 0.95, old[0], adv, grpo=cfg, noise_level=A, t_cap=T_CAP, backend=backend
+            xs[1], xs[0], v, vs[0], 1.0, 0.95, old[0], adv, grpo=cfg, spec=StepSpec(A, T_CAP, backend=backend)
         )
         loss.backward()
         out[backend] = (loss.detach(), stats.values, logp, v.grad)
@@ -92,9 +92,9 @@ def test_beta_positive_needs_reference():
     xs, vs, old = _rollout(b=2, steps=1)
     with pytest.raises(ValueError, match="needs v_ref"):
         step_loss(xs[1], xs[0], vs[0], None, 1.0, 0.95, old[0], torch.zeros(2), grpo=GRPOConfig(beta=0.1),
-                  noise_level=A, t_cap=T_CAP)  # fmt: skip
+                  spec=StepSpec(A, T_CAP))  # fmt: skip
     loss, stats, _ = step_loss(xs[1], xs[0], vs[0], None, 1.0, 0.95, old[0], torch.ones(2),
-                               grpo=GRPOConfig(beta=0.0), noise_level=A, t_cap=T_CAP)  # fmt: skip
+                               grpo=GRPOConfig(beta=0.0), spec=StepSpec(A, T_CAP))  # fmt: skip
     assert stats.kl.item() == 0.0
     torch.testing.assert_close(loss, torch.tensor(-1.0))  # on-policy: ratio 1, loss = -mean(A)
 
@@ -144,3 +144,16 @@ def test_sigma_and_step_gaussian_follow_spec():
     tt, dt = t.float()[:, None, None], (tn - t.float())[:, None, None]
     torch.testing.assert_close(mu, x + (v + sig**2 / (2 * tt) * (x + (1 - tt) * v)) * dt)
     torch.testing.assert_close(std, sig.reshape(-1) * (t.float() - tn).sqrt())
+
+
+def test_step_spec_is_resolved_once_from_the_config_and_checks_its_values():
+    schedule = flow_schedule({"shift": 3.0}, 10)
+    spec = SDEConfig(noise_level=0.5, reduction="sum").spec(schedule, "torch")
+    assert spec == StepSpec(0.5, schedule.t_cap, "sum", "torch")
+    assert SDEConfig(t_cap=0.25).spec(schedule).t_cap == 0.25
+    with pytest.raises(AttributeError):
+        spec.noise_level = 0.7  # frozen: one spec serves every call of its resolution
+    for kwargs, match in (({"t_cap": 1.0}, "t_cap"), ({"reduction": "max"}, "reduction"),
+                          ({"backend": "cpu"}, "backend"), ({"noise_level": -0.1}, "noise_level")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            StepSpec(**{"noise_level": 0.7, "t_cap": 0.9, **kwargs})

@@ -7,12 +7,10 @@ import logging
 import edit_fixtures as fx
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 import fastgrpo.data.scan as scan_module
 from fastgrpo.data.badinput import BadInputPolicy, TooManyBadInputsError
-from fastgrpo.data.batch import collate_samples
 from fastgrpo.data.buckets import Resolution, ResolutionBuckets
 from fastgrpo.data.dataset import EditDataset
 from fastgrpo.data.loaders import load_records
@@ -32,17 +30,19 @@ def test_samples_are_bucketed_and_batches_keep_groups_together(tmp_path):
     assert sample.source.shape == (16, 24, 3) and sample.mask.shape == (16, 24) and sample.mask[:, :12].all()
     assert sample.original_size == (24, 16) and sample.replaced is None
     sampler = GroupBatchSampler(dataset.bucket_ids, group_size=3, groups_per_rank=2, seed=1)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=2)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=list, num_workers=2)  # worker processes
     batches = list(loader)
     assert len(batches) == 4
     for batch in batches:
-        w, h = batch.resolution
-        assert batch.source.shape == (6, 3, h, w) and batch.source.dtype == torch.uint8
-        assert batch.mask.shape == (6, h, w) and batch.has_mask.all()
-        assert batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1] and batch.first_of_group.tolist() == [0, 3]
-        assert batch.instructions[0] == batch.instructions[2] == batch.group_keys[0].instruction
-        assert batch.tasks[0] in ("add", "remove") and batch.input_captions[0] == "before"
-        assert batch.target is None and not batch.problems
+        assert len(batch) == 6 and len({s.resolution for s in batch}) == 1
+        w, h = batch[0].resolution
+        assert all(s.source.shape == (h, w, 3) and s.source.dtype == np.uint8 for s in batch)
+        assert all(s.mask is not None and s.mask.shape == (h, w) for s in batch)
+        keys = [s.record.group_key for s in batch]
+        assert keys[0] == keys[1] == keys[2] != keys[3] == keys[4] == keys[5]
+        assert batch[0].record.instruction == keys[0].instruction
+        assert batch[0].record.task in ("add", "remove") and batch[0].record.input_caption == "before"
+        assert all(s.target is None and s.replaced is None for s in batch)
 
 
 def test_g_copies_are_decoded_once(tmp_path, monkeypatch):
@@ -99,10 +99,11 @@ def test_truncation_found_at_decode_time_replaces_the_group_within_its_bucket(tm
     good = (tmp_path / "img" / "2.png").read_bytes()
     (tmp_path / "img" / "2.png").write_bytes(good[: len(good) // 2])  # damaged after the scan
     with caplog.at_level(logging.WARNING, logger="fastgrpo.data"):
-        batch = collate_samples(dataset.__getitems__([2, 2, 0, 0]))
-    assert batch.ids == ["n4", "n4", "n0", "n0"]  # the next record of the same (square) bucket stands in
-    assert [p.reason for p in batch.problems] == ["truncated_image"] and batch.problems[0].record == "n2"
-    assert batch.group_ids.tolist() == [0, 0, 1, 1] and batch.resolution == (16, 16)
+        samples = dataset.__getitems__([2, 2, 0, 0])
+    assert [s.record.id for s in samples] == ["n4", "n4", "n0", "n0"]  # the next record of the same bucket
+    problem = samples[0].replaced
+    assert problem.reason == "truncated_image" and problem.record == "n2" and samples[2].replaced is None
+    assert {s.resolution for s in samples} == {(16, 16)}
     assert dataset[2].replaced.field == "source" and len(dataset.problems) == 1  # counted once
     assert "skipped record 'n2'" in caplog.text
 
@@ -148,15 +149,11 @@ def test_targets_and_in_memory_records(tmp_path):
     dataset = EditDataset(loaded.records, ResolutionBuckets.square(16), load_targets=True)
     sample = dataset[0]
     assert sample.target.shape == (16, 16, 3) and sample.mask.shape == (16, 16)
-    batch = collate_samples([sample, dataset[1]])
-    assert batch.target.shape == (2, 3, 16, 16) and batch.has_target.all()
+    assert dataset[1].target.shape == (16, 16, 3)
     with pytest.raises(ValueError, match="no root was given"):
         EditDataset(load_records(fx.native(tmp_path / "n")).records, BUCKETS)
     with pytest.raises(ValueError, match="scan=False needs a single resolution bucket"):
         EditDataset(loaded.records, BUCKETS, scan=False)
-    with pytest.raises(ValueError, match="mixes resolutions"):
-        native = EditDataset.from_path(fx.native(tmp_path / "n"), BUCKETS)
-        collate_samples([native[0], native[1]])
 
 
 def test_the_synthetic_task_through_the_same_record_type():
@@ -169,25 +166,8 @@ def test_the_synthetic_task_through_the_same_record_type():
     assert sample.record.metadata["spec"] == expected.spec
     assert sample.record.group_key.source_id == expected.id
     sampler = GroupBatchSampler(dataset.bucket_ids, group_size=4, groups_per_rank=2)
-    batch = collate_samples(dataset.__getitems__(next(iter(sampler))))
-    assert batch.source.shape == (8, 3, 32, 32) and batch.metadata[0]["spec"].op in (
-        "recolour",
-        "move",
-        "remove",
-        "add",
-    )
+    batch = dataset.__getitems__(next(iter(sampler)))
+    assert len(batch) == 8 and all(s.source.shape == (32, 32, 3) for s in batch)
+    assert batch[0].record.metadata["spec"].op in ("recolour", "move", "remove", "add")
     scanned = EditDataset(records, ResolutionBuckets.square(16))  # scanning arrays works too, and resizes
     assert scanned[0].source.shape == (16, 16, 3)
-
-
-def test_batch_moves_to_a_device_and_pins():
-    records = SyntheticRecords(SyntheticEditTask(size=16, seed=0), count=4)
-    dataset = EditDataset(records, ResolutionBuckets.square(16), scan=False)
-    batch = collate_samples(dataset.__getitems__([0, 0, 1, 1]))
-    moved = batch.to("cpu")
-    assert moved.source.data_ptr() == batch.source.data_ptr() and moved.ids == batch.ids
-    if torch.cuda.is_available():
-        pinned = batch.pin_memory()
-        assert pinned.source.is_pinned() and pinned.mask.is_pinned()
-        on_gpu = pinned.to("cuda", non_blocking=True)
-        assert on_gpu.source.is_cuda and torch.equal(on_gpu.source.cpu(), batch.source)

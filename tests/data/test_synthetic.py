@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastgrpo.core.shapes import CELLS, COLOURS, OPS, ShapeSpec, render, shape_mask
+from fastgrpo.data.shapes import CELLS, COLOURS, OPS, ShapeSpec, render, shape_mask
 from fastgrpo.data.synthetic import SyntheticEditTask
 
 

@@ -115,7 +115,7 @@ def test_attention_backends_and_env_list_what_is_usable(capsys) -> None:
 
 def test_trainer_model_of_the_tiny_editor_takes_the_attention_backend() -> None:
     from fastgrpo.train.config import load_config
-    from fastgrpo.train.evaluate import build_model
+    from fastgrpo.train.model_setup import build_model
 
     cfg = load_config(None, ["model.attention_backend=native", "runtime.device=cpu"])
     model = build_model(cfg, torch.device("cpu"))

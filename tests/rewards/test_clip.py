@@ -147,10 +147,11 @@ def test_pil_and_mixed_sizes_and_chunking_agree(tiny_files) -> None:
     arch, weights, _ = tiny_files
     sources, edited = images(5, size=40, seed=4), images(5, size=24, seed=5)
     base = {"model": str(arch), "pretrained": str(weights), "device": "cpu"}
-    whole = ClipReward(ClipRewardConfig(**base)).score(sources, edited, list("abcde"))
+    whole = ClipReward(ClipRewardConfig(**base)).evaluate(RewardBatch.build(sources, edited, list("abcde"))).score
     chunked = ClipReward(ClipRewardConfig(**base, batch_size=2))
     pil = [Image.fromarray(e) for e in edited]
-    assert chunked.score(sources, pil, list("abcde")).tolist() == pytest.approx(whole.tolist(), abs=1e-5)
+    result = chunked.evaluate(RewardBatch.build(sources, pil, list("abcde")))
+    assert result.score.tolist() == pytest.approx(whole.tolist(), abs=1e-5)
 
 
 def test_reduced_precision_tracks_float32(tiny_files) -> None:
@@ -159,7 +160,8 @@ def test_reduced_precision_tracks_float32(tiny_files) -> None:
     fp32 = ClipReward({"model": str(arch), "pretrained": str(weights), "device": "cpu", "precision": "fp32"})
     bf16 = ClipReward({"model": str(arch), "pretrained": str(weights), "device": "cpu", "precision": "bf16"})
     assert bf16.model.visual.conv1.weight.dtype == torch.bfloat16
-    low, full = bf16.score(sources, edited, ["a"] * 4), fp32.score(sources, edited, ["a"] * 4)
+    batch = RewardBatch.build(sources, edited, ["a"] * 4)
+    low, full = bf16.evaluate(batch).score, fp32.evaluate(batch).score
     assert low.dtype == torch.float32 and torch.allclose(low, full, atol=5e-2)
 
 
@@ -169,12 +171,12 @@ def test_a_group_shares_its_source_encodes(reward, monkeypatch) -> None:
     monkeypatch.setattr(reward.model, "encode_image", lambda x, **k: rows.append(x.shape[0]) or real(x, **k))
     (source,) = images(1, seed=8)
     edited = images(4, seed=9)
-    reward.score([source] * 4, edited, ["x"] * 4)
+    reward.evaluate(RewardBatch.build([source] * 4, edited, ["x"] * 4))
     assert sum(rows) == 4 + 1  # edits, then the one source
     rows.clear()
     mask = np.zeros((32, 32), dtype=bool)
     mask[:8] = True
-    reward.score([source] * 4, edited, ["x"] * 4, masks=[mask] * 4)
+    reward.evaluate(RewardBatch.build([source] * 4, edited, ["x"] * 4, masks=[mask] * 4))
     assert sum(rows) == 4 + 4 + 1  # edits, masked edits, the one masked source
 
 
@@ -187,9 +189,10 @@ def test_local_dir_and_from_model(tmp_path, tiny_files) -> None:
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     sources, edited = images(2, seed=10), images(2, seed=11)
-    from_dir = ClipReward({"model": f"local-dir:{folder}", "device": "cpu"}).score(sources, edited, ["a", "b"])
+    batch = RewardBatch.build(sources, edited, ["a", "b"])
+    from_dir = ClipReward({"model": f"local-dir:{folder}", "device": "cpu"}).evaluate(batch).score
     in_memory = ClipReward.from_model(tiny_model(), open_clip.SimpleTokenizer(context_length=16), image_size=32)
-    assert from_dir.tolist() == pytest.approx(in_memory.score(sources, edited, ["a", "b"]).tolist(), abs=1e-5)
+    assert from_dir.tolist() == pytest.approx(in_memory.evaluate(batch).score.tolist(), abs=1e-5)
 
 
 def test_loading_errors_name_the_file_and_the_fix(tmp_path, tiny_files) -> None:

@@ -17,6 +17,7 @@ from fastgrpo.rewards import (
     RewardBatch,
     RewardFunction,
     RewardResult,
+    RewardTally,
     RuleReward,
     build_reward,
 )
@@ -59,10 +60,12 @@ def test_weighted_sum_reports_every_component_and_propagates_nan() -> None:
     assert total[0] == pytest.approx(2.0) and math.isnan(total[1]) and math.isnan(total[2])
     assert set(result.breakdown.components) == {"a", "b", "a.half", "b.half"}
     assert result.breakdown.weights["a.half"] == 0.0
-    summary = result.summary()
-    assert float(summary["a/mean"]) == pytest.approx(1.5) and int(summary["a/failed"]) == 1
-    assert int(summary["total/failed"]) == 2
-    assert result.failure_counts() == {"a": 1, "b": 1}
+    tally = RewardTally()
+    tally.add(result, 3)
+    assert tally.means()["a"] == pytest.approx(1.5) and tally.failed()["a"] == 1
+    assert tally.failed()["total"] == 2
+    assert {name: tally.failed()[name] for name in ("a", "b")} == {"a": 1, "b": 1}
+    assert {name: sum(r is not None for r in reasons) for name, reasons in result.failures.items()} == {"a": 1, "b": 1}
     assert result.failures["b"][1] == "scripted failure"
 
 
@@ -109,7 +112,10 @@ def test_build_reward_from_config_with_judge_and_rules(chat_server) -> None:
     total = result.total()
     assert total[0] == pytest.approx(0.5 + 0.5 * 1.0) and math.isnan(total[1])
     assert "judge.preservation" in result.breakdown.components
-    assert result.failure_counts() == {"judge": 1, "rules": 0}
+    tally = RewardTally()
+    tally.add(result, 3)
+    assert {name: tally.failed()[name] for name in ("judge", "rules")} == {"judge": 1, "rules": 0}
+    assert result.failures["judge"][1] is not None and set(result.failures["rules"]) == {None}
 
 
 @pytest.mark.parametrize(
@@ -139,7 +145,9 @@ def test_async_evaluation_overlaps_with_the_callers_work() -> None:
     slow = Slow([0.25, 0.5, 0.75], delay_s=0.4)
     with AsyncRewardEvaluator(CompositeReward({"slow": slow}, {"slow": 1.0}), max_pending=2) as evaluator:
         edits = EDITS[:3]
-        future = evaluator.submit([e.source for e in edits], [e.target for e in edits], [e.instruction for e in edits])
+        future = evaluator.submit(
+            RewardBatch.build([e.source for e in edits], [e.target for e in edits], [e.instruction for e in edits])
+        )
         assert not future.done()  # submit returned while the batch is being scored
         time.sleep(0.2)  # "the next rollout"
         work_done = time.monotonic()
@@ -159,21 +167,23 @@ def test_async_backpressure_order_and_errors() -> None:
             return super().evaluate(batch)
 
     evaluator = AsyncRewardEvaluator(Gated([1.0, 2.0, 3.0]), max_pending=1, close_reward=False)
-    first = evaluator.submit_batch(batch())
+    first = evaluator.submit(batch())
     with pytest.raises(TimeoutError, match="still pending"):
-        evaluator.submit_batch(batch(), block_timeout_s=0.05)
+        evaluator.submit(batch(), block_timeout_s=0.05)
     gate.set()
     assert first.result(timeout=5).score.tolist() == [1.0, 2.0, 3.0]
-    with pytest.raises(ValueError, match="instructions has 1 entries"):
-        evaluator.submit([EDITS[0].source] * 2, [EDITS[0].target] * 2, ["x"])  # checked on the caller's thread
+    with pytest.raises(ValueError, match="instructions has 1 entries"):  # checked on the caller's thread
+        evaluator.submit(RewardBatch.build([EDITS[0].source] * 2, [EDITS[0].target] * 2, ["x"]))
+    with pytest.raises(ValueError, match="takes a RewardBatch"):
+        evaluator.submit([EDITS[0].source])  # the inputs, not a batch
     evaluator.close()
     with pytest.raises(RuntimeError, match="closed"):
-        evaluator.submit_batch(batch())
+        evaluator.submit(batch())
 
 
 def test_async_errors_arrive_through_the_future() -> None:
     with AsyncRewardEvaluator(RuleReward()) as evaluator:
-        future = evaluator.submit([EDITS[0].source], [EDITS[0].target], ["x"])  # no specs: RuleReward refuses
+        future = evaluator.submit(RewardBatch.build([EDITS[0].source], [EDITS[0].target], ["x"]))  # no specs
         with pytest.raises(ValueError, match="specs"):
             future.result(timeout=5)
 
@@ -192,3 +202,7 @@ def test_reward_batch_validation() -> None:
         RewardBatch.build([source], [target], ["x"], captions=["just one caption"])
     with pytest.raises(ValueError, match="instructions must be a list"):
         RewardBatch.build([source], [target], "x")
+    with pytest.raises(TypeError):  # specs is keyword-only
+        RewardBatch.build([source], [target], ["x"], None, None, [EDITS[0].spec])
+    with pytest.raises(ValueError, match="takes a RewardBatch"):
+        CompositeReward({"a": Fixed([1.0])}, {"a": 1.0}).evaluate([source])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgrpo.core.shapes import COLOURS, EditSpec, ShapeSpec, render, shape_mask
+from fastgrpo.data.shapes import COLOURS, EditSpec, ShapeSpec, render, shape_mask
 from fastgrpo.data.synthetic import SyntheticEditTask
 from fastgrpo.rewards import RewardBatch, RuleReward, RuleRewardConfig
 from fastgrpo.rewards.rules import expected_edit
@@ -90,7 +90,7 @@ def test_nan_pixels_and_bad_input() -> None:
     result = score(edited, EDITS[:2])
     assert math.isnan(result.score[0]) and result.score[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="specs"):
-        RuleReward().score([EDITS[0].source], [EDITS[0].target], ["x"])
+        RuleReward().evaluate(RewardBatch.build([EDITS[0].source], [EDITS[0].target], ["x"]))
     with pytest.raises(ValueError, match="square images"):
         score([np.zeros((32, 16, 3), np.uint8)], EDITS[:1])
     with pytest.raises(ValueError, match="weights"):

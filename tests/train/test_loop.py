@@ -43,9 +43,7 @@ def small_cfg(tmp_path: Path, *extra: str, name: str = "run"):
 
 
 def lora_of(trainer: Trainer) -> dict[str, torch.Tensor]:
-    from fastgrpo.models.lora import lora_state_dict
-
-    return {k: v.detach().clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
+    return {k: v.detach().clone() for k, v in trainer.model.lora_state_dict().items()}
 
 
 def run_trainer(cfg) -> tuple[Trainer, trainer_module.TrainResult]:
@@ -79,7 +77,7 @@ def test_lora_weights_all_change_and_frozen_weights_do_not(tmp_path):
             assert not p.requires_grad, n
     for n, p in trainer.model.prompt_encoder.named_parameters():
         assert torch.equal(encoder[n], p), n
-    assert all(p.requires_grad for p in trainer.params)
+    assert all(p.requires_grad for p in trainer.policy.params)
 
 
 def test_run_directory_holds_config_metrics_lora_checkpoints_samples_and_curve(tmp_path):
@@ -108,7 +106,7 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     for accum in (1, 4):
         trainer, _ = run_trainer(small_cfg(tmp_path, "runtime.max_steps=1", f"optim.grad_accum={accum}",
                                            "logging.eval_every=0", name=f"acc{accum}"))  # fmt: skip
-        state = trainer.optimizer.state_dict()["state"]
+        state = trainer.policy.optimizer.state_dict()["state"]
         moments.append(torch.cat([state[i]["exp_avg"].reshape(-1) for i in sorted(state)]))
     scale = moments[0].abs().max()
     assert scale > 0
@@ -135,9 +133,10 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
     assert resumed_result.steps_done == 4
     a, b = lora_of(straight), lora_of(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
-    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    opt_a = straight.policy.optimizer.state_dict()["state"]
+    opt_b = resumed.policy.optimizer.state_dict()["state"]
     assert all(torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"]) for i in opt_a)
-    assert all(torch.equal(x, y) for x, y in zip(straight.ema, resumed.ema, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(straight.policy.ema, resumed.policy.ema, strict=True))
     assert strip_times(straight_result.metrics) == strip_times(resumed_result.metrics)
 
 
@@ -311,24 +310,24 @@ def test_config_errors_exit_with_a_message(tmp_path, capsys, override, message):
 
 def test_chunked_rollouts_score_each_chunk_while_the_next_rolls_out(tmp_path, monkeypatch):
     events: list[str] = []
-    from fastgrpo.train import loop as tm
+    from fastgrpo.train import generate
 
-    real_rollout = tm.rollout
+    real_rollout = generate.rollout
 
     def logged_rollout(*args, **kwargs):
         events.append("rollout")
         return real_rollout(*args, **kwargs)
 
-    monkeypatch.setattr(tm, "rollout", logged_rollout)
+    monkeypatch.setattr(generate, "rollout", logged_rollout)
     trainer = Trainer(small_cfg(tmp_path, "sampler.rollout_batch=4", "runtime.max_steps=1", "logging.eval_every=0"),
                       log=lambda _m: None)  # fmt: skip
-    real_submit = trainer.evaluator.submit
+    real_submit = trainer.generator.scorer.submit
 
     def logged_submit(*args, **kwargs):
         events.append("submit")
         return real_submit(*args, **kwargs)
 
-    trainer.evaluator.submit = logged_submit
+    trainer.generator.scorer.submit = logged_submit
     trainer.run()
     trainer.close()
     assert events == ["rollout", "submit", "rollout", "submit"]
@@ -385,17 +384,20 @@ def test_tensorboard_is_optional_and_says_how_to_get_it(tmp_path):
 def test_an_update_raises_the_log_prob_of_better_than_average_rollouts(tmp_path):
     """The policy-gradient sign through the whole loop: after updates on one rollout, the change of each sample's
     summed log-prob correlates positively with its advantage."""
+    from dataclasses import replace
+
     from fastgrpo.core.advantages import group_advantages
     from fastgrpo.kernels import step_logprob
+    from fastgrpo.train.conditions import encode_batch
 
     cfg = small_cfg(tmp_path, "grpo.beta=0", "sampler.train_fraction=1.0", "logging.eval_every=0")
     trainer = Trainer(cfg, log=lambda _m: None)
     batch = trainer.source.rank_batch(0, trainer.plan)
-    cond = trainer._encode(batch)
-    ro, results, _ = trainer._rollout_and_score(0, batch, cond)
-    rewards, _ = trainer._rewards(results, batch.size)
-    adv = group_advantages(rewards, batch.group_ids, batch.num_groups).advantages
-    t_cap = cfg.sde.resolve_t_cap(trainer._schedule(cond.height, cond.width))
+    cond = encode_batch(trainer.model, batch)
+    ro = trainer.generator.generate(0, batch, cond).rollout
+    adv = group_advantages(ro.rewards, batch.group_ids, batch.num_groups).advantages
+    ro = replace(ro, advantages=adv)
+    t_cap = trainer.plans(cond.height, cond.width).spec.t_cap
 
     def summed_logp() -> torch.Tensor:
         with torch.no_grad():
@@ -409,7 +411,7 @@ def test_an_update_raises_the_log_prob_of_better_than_average_rollouts(tmp_path)
     before = summed_logp()
     torch.testing.assert_close(before, ro.log_probs.sum(1), rtol=0, atol=1e-6)  # on-policy: the rollout's own
     for _ in range(3):
-        trainer._update(0, ro, cond, adv)
+        trainer.update(0, ro, cond)
     change = summed_logp() - before
     trainer.close()
     assert float((change * adv).sum()) > 0

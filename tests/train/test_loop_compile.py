@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from fastgrpo.models import compile as compile_mod
-from fastgrpo.models.lora import lora_state_dict
 from fastgrpo.train.config import load_config
 from fastgrpo.train.loop import Trainer
 
@@ -41,14 +40,14 @@ def test_compiled_run_reports_compile_time_and_trains(tmp_path, monkeypatch) -> 
     messages: list[str] = []
     cfg = load_config(None, [*TINY, f"logging.output_dir={tmp_path}", "logging.run_name=run", "runtime.compile=true"])
     trainer = Trainer(cfg, log=messages.append)
-    before = {k: v.clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
+    before = {k: v.clone() for k, v in trainer.model.lora_state_dict().items()}
     try:
         result = trainer.run()
     finally:
         trainer.close()
         torch._dynamo.reset()
     assert calls == [{"lora": True}], "compile once, after LoRA is attached, with the default options"
-    assert trainer.compiled is not None and trainer.compiled.blocks == 4
+    assert trainer.metrics.compiled is not None and trainer.metrics.compiled.blocks == 4
     blocks = [*trainer.model.transformer.transformer_blocks, *trainer.model.transformer.single_transformer_blocks]
     assert all(b._compiled_call_impl is not None for b in blocks)
     (row,) = [r for r in result.metrics if r["step"] == 1]
@@ -56,6 +55,6 @@ def test_compiled_run_reports_compile_time_and_trains(tmp_path, monkeypatch) -> 
     assert row["tflops_per_s"] > 0  # FLOPs are still counted through the compiled blocks
     assert any(m.startswith("torch.compile: 4 blocks (FluxTransformerBlock") for m in messages)
     assert any(m.startswith("iteration 1:") and "in torch.compile" in m for m in messages)
-    after = lora_state_dict(trainer.model.transformer)
+    after = trainer.model.lora_state_dict()
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert not unchanged, f"LoRA weights that did not train under compile: {unchanged[:3]}"

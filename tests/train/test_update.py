@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from fastgrpo.core import GRPOConfig
+from fastgrpo.core import GRPOConfig, StepSpec
 from fastgrpo.data.synthetic import SyntheticEditTask
 from fastgrpo.kernels import noise_state
 from fastgrpo.models import tiny_editor
 from fastgrpo.models.base import images_to_tensor
-from fastgrpo.train.rollout import rollout
+from fastgrpo.train.rollout import RolloutPlan, rollout
 from fastgrpo.train.update import grpo_backward
 
 NOISE = 0.7
@@ -25,8 +27,13 @@ def _setup(seed=0):
     cond = cond.repeat_interleave(3)
     schedule = model.schedule(4, 32, 32)
     noise = model.initial_noise(6, 32, 32, generator=torch.Generator().manual_seed(0))
-    out = rollout(model, cond, schedule, noise, noise_level=NOISE, noise_state=noise_state(1), window=(0, 3))
-    return model, params, cond, schedule, out
+    plan = RolloutPlan.build(schedule, StepSpec(NOISE, schedule.t_cap), (0, 3))
+    out = rollout(model, cond, plan, noise, noise_state=noise_state(1))
+    return model, params, cond, plan.spec, out
+
+
+def with_adv(rollout, adv, steps):
+    return replace(rollout, advantages=adv, trained=steps)
 
 
 def _grads(params):
@@ -35,18 +42,19 @@ def _grads(params):
 
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 def test_micro_batching_gives_the_same_gradient(beta):
-    model, params, cond, schedule, out = _setup()
+    model, params, cond, spec, out = _setup()
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
     grpo = GRPOConfig(clip_low=0.2, clip_high=0.2, beta=beta)
-    kw = {"grpo": grpo, "noise_level": NOISE, "t_cap": schedule.t_cap}
+    kw = {"grpo": grpo, "spec": spec}
+    out = with_adv(out, adv, (0, 2))
     with torch.no_grad():  # move off the LoRA zero init so that every factor has a gradient
         for p in params:
             p.add_(0.01 * torch.randn_like(p))
-    whole = grpo_backward(model, out, cond, adv, [0, 2], **kw)
+    whole = grpo_backward(model, out, cond, **kw)
     g_whole = _grads(params)
     for p in params:
         p.grad = None
-    parts = grpo_backward(model, out, cond, adv, [0, 2], micro_batch=4, **kw)
+    parts = grpo_backward(model, out, cond, micro_batch=4, **kw)
     g_parts = _grads(params)
     for a, b in zip(g_whole, g_parts, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
@@ -56,32 +64,38 @@ def test_micro_batching_gives_the_same_gradient(beta):
 
 
 def test_only_lora_parameters_get_gradients_and_two_steps_move_all_of_them():
-    model, params, cond, schedule, out = _setup()
+    model, params, cond, spec, out = _setup()
     frozen = [p for n, p in model.transformer.named_parameters() if "lora_" not in n]
     assert all(not p.requires_grad for p in frozen) and all(p.requires_grad for p in params)
     before = [p.detach().clone() for p in params]
     optimiser = torch.optim.AdamW(params, lr=1e-3)
-    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
+    out = with_adv(out, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), (1,))
     for _ in range(2):  # LoRA B starts at zero: A only receives gradient from the second step on
         optimiser.zero_grad()
-        grpo_backward(model, out, cond, adv, [1], grpo=GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.0),
-                      noise_level=NOISE, t_cap=schedule.t_cap)  # fmt: skip
+        grpo_backward(model, out, cond, grpo=GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.0), spec=spec)
         optimiser.step()
     assert all(p.grad is None for p in frozen)
     assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
 
 
 def test_on_policy_first_update_has_unit_ratios():
-    model, _, cond, schedule, out = _setup()
-    stats = grpo_backward(model, out, cond, torch.ones(6), [0, 1, 2], grpo=GRPOConfig(beta=0.0),
-                          noise_level=NOISE, t_cap=schedule.t_cap).to_dict()  # fmt: skip
+    model, _, cond, spec, out = _setup()
+    out = with_adv(out, torch.ones(6), (0, 1, 2))
+    stats = grpo_backward(model, out, cond, grpo=GRPOConfig(beta=0.0), spec=spec).to_dict()
     assert stats["ratio_min"] == stats["ratio_max"] == 1.0 and stats["clip_frac"] == 0.0
     assert stats["policy_loss"] == pytest.approx(-1.0)
 
 
 def test_bad_steps_are_refused():
-    model, _, cond, _, out = _setup()
-    with pytest.raises(ValueError, match="must be SDE"):
-        grpo_backward(model, out, cond, torch.ones(6), [3], grpo=GRPOConfig(), noise_level=NOISE, t_cap=0.9)
-    with pytest.raises(ValueError, match="steps is empty"):
-        grpo_backward(model, out, cond, torch.ones(6), [], grpo=GRPOConfig(), noise_level=NOISE, t_cap=0.9)
+    model, _, cond, spec, out = _setup()
+    kw = {"grpo": GRPOConfig(), "spec": spec}
+    with pytest.raises(ValueError, match="must be distinct SDE steps"):
+        grpo_backward(model, with_adv(out, torch.ones(6), (3,)), cond, **kw)
+    with pytest.raises(ValueError, match="trains no step"):
+        grpo_backward(model, with_adv(out, torch.ones(6), ()), cond, **kw)
+    with pytest.raises(ValueError, match="no advantages"):
+        grpo_backward(model, out, cond, **kw)
+    with pytest.raises(ValueError, match="cond has 2 rows"):
+        grpo_backward(model, with_adv(out, torch.ones(6), (0,)), cond.index_select(torch.arange(2)), **kw)
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        grpo_backward(model, with_adv(out, torch.ones(6), (0,)), cond, micro_batch=0, **kw)

@@ -18,10 +18,14 @@ class GRPOStats(NamedTuple):
     Fields (0-d tensors): ``loss``, ``policy_loss``, ``kl`` (mean KL), ``clip_frac`` (entries whose gradient
     the clip zeroes: ``r < 1 - eps_low`` with ``A < 0`` or ``r > 1 + eps_high`` with ``A > 0``),
     ``clip_frac_low``, ``clip_frac_high``, ``approx_kl`` (``mean((r - 1) - log r)``), ``ratio_mean``,
-    ``ratio_min``, ``ratio_max``. Nothing is read to the host until :meth:`to_dict`.
+    ``ratio_min``, ``ratio_max``; :attr:`NAMES` lists them in the order of ``values``. Nothing is read to the host
+    until :meth:`to_dict`.
     """
 
     values: Tensor
+
+    #: the statistics' names, in the order of ``values``
+    NAMES = STAT_NAMES
 
     def to_dict(self) -> dict[str, float]:
         """Read all statistics to the host (one synchronisation)."""

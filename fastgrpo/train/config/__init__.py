@@ -8,8 +8,10 @@
 
 from fastgrpo.train.config.loading import (
     CONFIG_FILENAME,
+    RESUMABLE_CHANGES,
     TrainConfig,
     apply_overrides,
+    config_differences,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -18,8 +20,10 @@ from fastgrpo.train.config.loading import (
 
 __all__ = [
     "CONFIG_FILENAME",
+    "RESUMABLE_CHANGES",
     "TrainConfig",
     "apply_overrides",
+    "config_differences",
     "config_from_dict",
     "config_to_dict",
     "load_config",

@@ -39,8 +39,10 @@ from fastgrpo.train.config.yaml_io import dump_yaml, parse_yaml, read_yaml_file
 
 __all__ = [
     "CONFIG_FILENAME",
+    "RESUMABLE_CHANGES",
     "TrainConfig",
     "apply_overrides",
+    "config_differences",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -48,6 +50,12 @@ __all__ = [
 ]
 
 CONFIG_FILENAME = "config.yaml"
+
+#: settings a resumed run may change: its length, logging, and how (not what) it computes
+RESUMABLE_CHANGES = (
+    "runtime.max_steps", "logging.", "profile.", "runtime.device", "runtime.kernel_backend", "runtime.compile",
+    "runtime.cuda_graphs", "model.attention_backend",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -245,6 +253,21 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
         f.name: {g.name: plain(getattr(getattr(cfg, f.name), g.name)) for g in dataclasses.fields(getattr(cfg, f.name))}
         for f in dataclasses.fields(cfg)
     }
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"section.key: saved X, now Y"`` for every setting of ``current`` (plain data, :func:`config_to_dict`) that
+    differs from ``saved`` and that a resumed run may not change (:data:`RESUMABLE_CHANGES` may)."""
+    diffs = []
+    for section, values in current.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if any(dotted == c or (c.endswith(".") and dotted.startswith(c)) for c in RESUMABLE_CHANGES):
+                continue
+            old = saved.get(section, {}).get(key)
+            if old != value:
+                diffs.append(f"{dotted}: saved {old!r}, now {value!r}")
+    return diffs
 
 
 # --- overrides and loading -------------------------------------------------------------------------------------

@@ -1,23 +1,24 @@
 """CUDA graphs for the two launch-bound loops of a GRPO iteration (``runtime.cuda_graphs``).
 
-* :class:`RolloutGraphRunner` (:mod:`~fastgrpo.train.graphs.rollout`) captures the whole fixed rollout loop of
-  :func:`~fastgrpo.train.rollout.rollout` (``train_steps`` transformer forwards, each followed by the fused
+* :class:`RolloutGraphRunner` (:mod:`~fastgrpo.train.graphs.rollout`) captures the whole fixed rollout loop
+  :func:`~fastgrpo.train.rollout.rollout_steps` (``train_steps`` transformer forwards, each followed by the fused
   ``sde_step``) as one graph per shape key.
-* :class:`UpdateGraphRunner` (:mod:`~fastgrpo.train.graphs.update`) captures one training micro-step of
-  :func:`~fastgrpo.train.update.grpo_backward` (policy forward, the reference forward when ``beta > 0``, fused
+* :class:`UpdateGraphRunner` (:mod:`~fastgrpo.train.graphs.update`) captures one training micro-step
+  :func:`~fastgrpo.train.update.micro_step` (policy forward, the reference forward when ``beta > 0``, fused
   log-prob/KL, clipped loss, backward) per micro-batch shape; gradients accumulate in place into the LoRA
   parameters' ``.grad``; the all-reduce, clipping and the optimiser stay outside the graphs.
 * :class:`TrainingGraphs` holds both for the trainer.
 
-Both runners are drop-in replacements for the eager functions (same arguments, same :class:`Rollout` /
-``GRPOStats``). Each graph follows torch's CUDA-graph notes: static input buffers, warm-up runs on a side stream,
-capture on that stream; then per call: copy the inputs into the static buffers, replay, read the static outputs.
-Noise stays fresh on every replay because the caller's generator state (int64 ``[2] = (seed, offset)``,
-:func:`~fastgrpo.kernels.noise_state`) is a copied-in input: the captured ``sde_step`` kernels read it and advance
-its offset on the device, and after the replay the advanced state is copied back, exactly as the eager loop leaves
-it. Graphs live in a least-recently-used cache of at most ``max_graphs`` entries per runner (:class:`GraphCache`);
-an evicted graph is reset, which frees its private memory pool. That pool holds the activations of the capture,
-so the limit is a memory limit too.
+Both runners are drop-in replacements for the eager functions they capture (same arguments, same outputs): the loops
+around them are the eager ones, :func:`~fastgrpo.train.rollout.rollout` (``steps_fn=``) and
+:func:`~fastgrpo.train.update.grpo_backward` (``step_fn=``), so there is one rollout and one update loop. Each graph
+follows torch's CUDA-graph notes: static input buffers, warm-up runs on a side stream, capture on that stream; then
+per call: copy the inputs into the static buffers, replay, read the static outputs. Noise stays fresh on every
+replay because the caller's generator state (int64 ``[2] = (seed, offset)``, :func:`~fastgrpo.kernels.noise_state`)
+is a copied-in input: the captured ``sde_step`` kernels read it and advance its offset on the device, and after the
+replay the advanced state is copied back, exactly as the eager loop leaves it. Graphs live in a least-recently-used
+cache of at most ``max_graphs`` entries per runner (:class:`GraphCache`); an evicted graph is reset, which frees its
+private memory pool. That pool holds the activations of the capture, so the limit is a memory limit too.
 
 Eager fallback: off CUDA, with an FSDP-sharded transformer (its per-forward collectives are not captured), inside
 another capture, or once a capture failed (an operation that cannot be captured, such as a host read; the runner
@@ -36,8 +37,9 @@ must stay cached (the tiny editor's and FLUX.1 Kontext's do); NVTX ranges wrap a
 Example::
 
     graphs = TrainingGraphs(model, params)
-    ro = graphs.rollout(model, cond, schedule, noise, noise_level=0.7, noise_state=noise_state(1, device="cuda"))
-    stats = graphs.backward(model, ro, cond, advantages, steps, grpo=grpo, noise_level=0.7, t_cap=schedule.t_cap)
+    ro = rollout(model, cond, plan, noise, noise_state=noise_state(1, device="cuda"), steps_fn=graphs.rollout_steps)
+    ro = replace(ro, advantages=advantages)
+    stats = grpo_backward(model, ro, cond, grpo=grpo, spec=plan.spec, step_fn=graphs.micro_step)
     assert graphs.used  # False (and the reason logged) when either fell back to eager
 """
 
@@ -68,10 +70,14 @@ class TrainingGraphs:
     def __init__(
         self, model: EditModel, params: Sequence[torch.nn.Parameter], *, max_graphs: int = DEFAULT_MAX_GRAPHS
     ) -> None:
-        self.rollout = RolloutGraphRunner(model, max_graphs=max_graphs)
-        self.backward = UpdateGraphRunner(model, params, max_graphs=max_graphs)
+        #: the ``steps_fn`` of :func:`~fastgrpo.train.rollout.rollout`
+        self.rollout_steps = RolloutGraphRunner(model, max_graphs=max_graphs)
+        #: the ``step_fn`` of :func:`~fastgrpo.train.update.grpo_backward`
+        self.micro_step = UpdateGraphRunner(model, params, max_graphs=max_graphs)
 
     @property
     def used(self) -> bool:
-        """Whether the last rollout and the last update both replayed graphs (False before either ran)."""
-        return bool(self.rollout.used) and bool(self.backward.used)
+        """Whether the last rollout and the last update micro-step both replayed graphs (False before either ran).
+        A runner whose capture failed stays eager for the rest of the run, so the last micro-step of an update
+        speaks for all of them."""
+        return bool(self.rollout_steps.used) and bool(self.micro_step.used)

@@ -114,7 +114,7 @@ def cond_signature(cond: Condition) -> tuple[Any, ...]:
 def static_cond(cond: Condition) -> Condition:
     """Private contiguous copies of ``cond``'s tensors: the static condition inputs of a graph."""
     tensors = {n: t.clone(memory_format=torch.contiguous_format) for n, t in cond.tensors.items()}
-    return Condition(tensors, cond.height, cond.width, (), dict(cond.seq_masks))
+    return Condition(tensors, cond.height, cond.width, dict(cond.seq_masks))
 
 
 def copy_cond(static: Condition, cond: Condition) -> None:

@@ -1,7 +1,13 @@
-"""PNG outputs of a run, drawn with Pillow only: a group's edits side by side, and the reward curve.
+"""PNG outputs of a run: a group's edits side by side (drawn with Pillow) and the reward curve (matplotlib).
 
-Both functions write atomically (a temporary file in the target folder, then ``os.replace``), create the parent
-folders, and return the path written, so a viewer refreshing the file never sees a half-written image.
+:func:`save_group_grid` pastes the source and the group's edits, upscaled, into one image with the instruction and
+each edit's reward; :func:`save_reward_curve` plots the training and evaluation reward against the step with
+matplotlib's object API and the Agg renderer (no ``pyplot``, so no global figure state and no GUI backend;
+matplotlib is imported on the first curve, keeping this module cheap to import).
+
+Both render the PNG in memory and write it atomically (a temporary file in the target folder, then ``os.replace``),
+create the parent folders, and return the path written, so a viewer refreshing the file never sees a half-written
+image and a failed write leaves the previous image in place.
 
 Example::
 
@@ -16,10 +22,15 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
 
 __all__ = ["group_grid_size", "save_group_grid", "save_reward_curve"]
 
@@ -37,17 +48,31 @@ _TEXT: _RGB = (20, 20, 20)
 _FRAME: _RGB = (200, 200, 200)
 _BEST_FRAME: _RGB = (0, 170, 60)
 
-# Reward curve layout.
+# Reward curve: 800x500 pixels; margins as fractions of the figure (room for the title, tick labels and "step").
 _CURVE_SIZE = (800, 500)
-_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 70, 24, 40, 50
-_AXIS: _RGB = (60, 60, 60)
-_GRID: _RGB = (228, 228, 228)
-_TRAIN: _RGB = (160, 190, 230)
-_TRAIN_AVG: _RGB = (30, 90, 180)
-_EVAL: _RGB = (230, 110, 20)
+_CURVE_DPI = 100
+_CURVE_MARGINS = {"left": 0.09, "right": 0.97, "bottom": 0.1, "top": 0.91}
+_AXIS = "#3c3c3c"
+_GRID = "#e4e4e4"
+_TRAIN = "#a0bee6"
+_TRAIN_AVG = "#1e5ab4"
+_EVAL = "#e66e14"
 
 
 # --- shared -----------------------------------------------------------------------------------------------------------
+
+
+def _write_file(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating the parent folders; returns ``path`` as a Path."""
+    from fastgrpo.train.storage.files import atomic_write_bytes  # imports torch: only when a file is written
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+    return target
+
+
+# --- group grid -------------------------------------------------------------------------------------------------------
 
 
 def _font() -> _Font:
@@ -70,20 +95,6 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: _Font, max_width: floa
         else:
             hi = mid - 1
     return text[:lo].rstrip() + "..."
-
-
-def _save_png_atomic(image: Image.Image, path: str | Path) -> Path:
-    from fastgrpo.train.storage.files import atomic_write_bytes
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(target, buffer.getvalue())
-    return target
-
-
-# --- group grid -------------------------------------------------------------------------------------------------------
 
 
 def _as_uint8_rgb(image: np.ndarray, what: str) -> np.ndarray:
@@ -208,7 +219,9 @@ def save_group_grid(
         row, col = divmod(i, per_row)
         caption = f"{value:.3f}" if not math.isnan(value) else "nan"
         place(img, row, 1 + col, caption, _BEST_FRAME if i == best else _FRAME)
-    return _save_png_atomic(canvas, path)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return _write_file(path, buffer.getvalue())
 
 
 # --- reward curve -----------------------------------------------------------------------------------------------------
@@ -222,7 +235,9 @@ def _finite(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _series(rows: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` float64 arrays of shape ``[N]``, sorted by step, of the rows holding a finite ``step``
+    and a finite ``key``; other rows (and entries that are not mappings) are left out."""
     points = []
     for row in rows:
         if not isinstance(row, Mapping):
@@ -231,138 +246,116 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, fl
         if step is not None and value is not None:
             points.append((step, value))
     points.sort(key=lambda p: p[0])
-    return points
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
 
 
-def _nice_step(span: float, target_ticks: int = 5) -> float:
-    """A round tick spacing (1, 2 or 5 times a power of ten) giving about ``target_ticks`` ticks over ``span``."""
-    raw = span / max(target_ticks, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        if raw <= factor * magnitude:
-            return factor * magnitude
-    return 10 * magnitude
-
-
-def _ticks(lo: float, hi: float, *, integer: bool) -> tuple[float, float, list[float]]:
-    """Rounded axis bounds enclosing ``[lo, hi]`` and the ticks between them."""
-    if hi - lo <= 0:
-        pad = 1.0 if integer else max(abs(lo) * 0.1, 0.05)
-        lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo)
-    if integer:
-        step = max(1.0, round(step))
-    start, stop = math.floor(lo / step) * step, math.ceil(hi / step) * step
-    count = round((stop - start) / step)
-    return start, stop, [start + k * step for k in range(count + 1)]
-
-
-def _tick_label(value: float, step: float) -> str:
-    if step >= 1 and float(value).is_integer():
-        return f"{int(value)}"
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))  # steps are 1, 2 or 5 times a power of ten
-    return f"{value:.{min(decimals, 8)}f}"
-
-
-def _moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over up to ``window`` points (fewer at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean of a ``[N]`` array over up to ``window >= 1`` points (fewer at the start), shape ``[N]``."""
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.cumsum(values)
+    out = sums / np.minimum(np.arange(1, len(values) + 1), window)
+    out[window:] = (sums[window:] - sums[:-window]) / window
     return out
 
 
+def _fit_title(renderer: RendererAgg, text: str, font: FontProperties, max_width: float) -> str:
+    """``text`` on one line (runs of whitespace made one space), or its longest prefix followed by ``...`` that is
+    at most ``max_width`` pixels wide in ``font``, measured by ``renderer``; ``$`` comes back escaped, so that a run
+    name is shown as written instead of being parsed as mathtext."""
+
+    def width(candidate: str) -> float:
+        return renderer.get_text_width_height_descent(candidate, font, ismath=False)[0]
+
+    text = " ".join(text.split())
+    if width(text) > max_width:
+        lo, hi = 0, len(text)
+        while lo < hi:  # longest prefix length n with prefix + "..." fitting
+            mid = (lo + hi + 1) // 2
+            if width(text[:mid].rstrip() + "...") <= max_width:
+                lo = mid
+            else:
+                hi = mid - 1
+        text = text[:lo].rstrip() + "..."
+    return text.replace("$", r"\$")
+
+
+def _reward_figure(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
+    """The reward curve as a matplotlib figure of ``_CURVE_SIZE`` pixels, with an Agg canvas attached (so that
+    ``savefig`` renders with Agg whatever the default backend); nothing is rendered yet."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    width, height = _CURVE_SIZE
+    fig = Figure(figsize=(width / _CURVE_DPI, height / _CURVE_DPI), dpi=_CURVE_DPI, facecolor="white")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    train_x, train_y = _series(rows, "reward_mean")
+    eval_x, eval_y = _series(rows, "eval_reward_mean")
+    # Centred on the image, not on the axes (which sit right of centre), so that the width it may take is known.
+    heading = fig.suptitle("")
+    heading.set_text(_fit_title(renderer, title, heading.get_fontproperties(), width - 20))
+    if len(train_x) == 0 and len(eval_x) == 0:
+        fig.text(0.5, 0.5, "no data yet", ha="center", va="center", color=_AXIS)
+        return fig
+
+    # Fixed margins rather than a layout engine: the size is fixed and the tick labels short, and a layout engine
+    # would cost an extra measuring pass on every save.
+    fig.subplots_adjust(**_CURVE_MARGINS)
+    ax = fig.add_subplot()
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    ax.grid(True, color=_GRID, linewidth=0.8)
+    ax.set_axisbelow(True)
+    if len(train_x):
+        # A lone point would make an invisible zero-length line: show it as a marker.
+        marker = "o" if len(train_x) == 1 else None
+        ax.plot(train_x, train_y, color=_TRAIN, linewidth=1.0, marker=marker, markersize=5, label="train reward")
+        window = max(1, round(0.1 * len(train_x)))
+        if window >= 2:
+            ax.plot(
+                train_x,
+                _moving_average(train_y, window),
+                color=_TRAIN_AVG,
+                linewidth=2.5,
+                label=f"train, moving average of {window}",
+            )
+    if len(eval_x):
+        ax.plot(eval_x, eval_y, color=_EVAL, linewidth=2.0, marker="o", markersize=6, label="eval reward")
+    steps = np.concatenate([train_x, eval_x])
+    if steps.min() == steps.max():
+        # One step only: matplotlib would pad it by a fraction of a step and label the ticks 2.96, 3.00, ...
+        ax.set_xlim(steps.min() - 1, steps.max() + 1)
+    # A fixed corner: "best" scans every vertex of every line, slow on long runs; early rewards are low, so the
+    # top left is usually free.
+    ax.legend(loc="upper left", framealpha=0.9)
+    return fig
+
+
 def save_reward_curve(path: str | Path, rows: Sequence[Mapping[str, Any]], *, title: str = "reward") -> Path:
-    """Draw the training and evaluation reward against the step, as an 800x500 PNG.
+    """Draw the training and evaluation reward against the step, as an 800x500 PNG (matplotlib, Agg).
 
     ``rows`` are ``metrics.jsonl`` records: dicts with ``step`` and optionally ``reward_mean`` (training rows) and
     ``eval_reward_mean`` (evaluation rows). The training reward is a thin light line with a thicker trailing moving
-    average over about 10 % of its points; the evaluation reward is markers joined by a line in another colour.
-    Rows without a finite ``step`` or value are skipped; with nothing to plot the image says "no data yet".
+    average over about 10 % of its points (from 15 points on); the evaluation reward is markers joined by a
+    line in another colour; a legend names the series, the x axis is the step. Rows without a finite ``step`` or
+    value (missing keys, None, NaN, inf, strings, non-mapping entries) are skipped, the line joining their
+    neighbours; with nothing to plot the image holds the title and "no data yet".
+
+    The PNG is rendered in memory and then written atomically, so ``path`` holds the old image or the new one, never
+    a half-written file; its parent folders are created.
 
     Args:
         path: the PNG to write.
         rows: the metric records, in any order.
-        title: the chart title.
+        title: the chart title, on one line (shortened with ``...`` when wider than the image).
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: the folder or the file cannot be written (an earlier PNG at ``path`` is left as it was).
     """
-    train = _series(rows, "reward_mean")
-    evals = _series(rows, "eval_reward_mean")
-    width, height = _CURVE_SIZE
-    canvas = Image.new("RGB", _CURVE_SIZE, _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = _font()
-    draw.text(
-        (width / 2, _MARGIN_TOP / 2), _fit_text(draw, title, font, width - 20), fill=_TEXT, font=font, anchor="mm"
-    )
-    if not train and not evals:
-        draw.text((width / 2, height / 2), "no data yet", fill=_AXIS, font=font, anchor="mm")
-        return _save_png_atomic(canvas, path)
-
-    points = train + evals
-    x_lo, x_hi, x_ticks = _ticks(min(p[0] for p in points), max(p[0] for p in points), integer=True)
-    y_lo, y_hi, y_ticks = _ticks(min(p[1] for p in points), max(p[1] for p in points), integer=False)
-    left, top, right, bottom = _MARGIN_LEFT, _MARGIN_TOP, width - _MARGIN_RIGHT, height - _MARGIN_BOTTOM
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (
-            left + (x - x_lo) / (x_hi - x_lo) * (right - left),
-            bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top),
-        )
-
-    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
-    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
-    for y in y_ticks:
-        _, py = to_px(x_lo, y)
-        draw.line((left, py, right, py), fill=_GRID)
-        draw.line((left - 4, py, left, py), fill=_AXIS)
-        draw.text((left - 7, py), _tick_label(y, y_step), fill=_TEXT, font=font, anchor="rm")
-    for x in x_ticks:
-        px, _ = to_px(x, y_lo)
-        draw.line((px, top, px, bottom), fill=_GRID)
-        draw.line((px, bottom, px, bottom + 4), fill=_AXIS)
-        draw.text((px, bottom + 7), _tick_label(x, x_step), fill=_TEXT, font=font, anchor="mt")
-    draw.rectangle((left, top, right, bottom), outline=_AXIS)
-    draw.text(((left + right) / 2, height - 12), "step", fill=_TEXT, font=font, anchor="mm")
-
-    legend: list[tuple[str, _RGB]] = []
-    if train:
-        xy = [to_px(x, y) for x, y in train]
-        if len(xy) > 1:
-            draw.line(xy, fill=_TRAIN, width=1)
-        else:
-            _dot(draw, xy[0], 3, _TRAIN)
-        legend.append(("train reward", _TRAIN))
-        window = max(1, round(0.1 * len(train)))
-        if window >= 2:
-            avg = _moving_average([v for _, v in train], window)
-            draw.line(
-                [to_px(x, a) for (x, _), a in zip(train, avg, strict=True)], fill=_TRAIN_AVG, width=3, joint="curve"
-            )
-            legend.append((f"train, moving average of {window}", _TRAIN_AVG))
-    if evals:
-        xy = [to_px(x, y) for x, y in evals]
-        if len(xy) > 1:
-            draw.line(xy, fill=_EVAL, width=2)
-        for p in xy:
-            _dot(draw, p, 4, _EVAL)
-        legend.append(("eval reward", _EVAL))
-
-    lx, ly = left + 10, top + 8
-    box_w = 28 + max(_text_width(draw, label, font) for label, _ in legend) + 8
-    draw.rectangle((lx - 4, ly - 4, lx + box_w, ly + 16 * len(legend)), fill=_BACKGROUND, outline=_GRID)
-    for i, (label, colour) in enumerate(legend):
-        y = ly + 16 * i + 6
-        draw.line((lx, y, lx + 20, y), fill=colour, width=3)
-        draw.text((lx + 28, y), label, fill=_TEXT, font=font, anchor="lm")
-    return _save_png_atomic(canvas, path)
-
-
-def _dot(draw: ImageDraw.ImageDraw, centre: tuple[float, float], radius: float, colour: _RGB) -> None:
-    x, y = centre
-    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+    buffer = io.BytesIO()
+    _reward_figure(rows, title).savefig(buffer, format="png")
+    return _write_file(path, buffer.getvalue())

@@ -33,7 +33,7 @@ Decisions and their reasons:
   moments (:func:`full_tensor`, :func:`full_optimizer_state`; collectives, so on every rank) and rank 0 writes them;
   on resume every rank reads the full tensors and keeps its own shard (:func:`shard_into_`,
   :func:`load_optimizer_state`: no communication), so a resumed run continues exactly. LoRA files in the diffusers
-  format are written by rank 0 from the gathered tensors (:func:`write_lora`).
+  format are written by rank 0 from the gathered tensors (``EditModel.save_lora(directory, weights)``).
 - **Lockstep**: every forward of a unit is a collective, so all ranks must run the same number of forwards. Rollouts
   and updates do (every rank has the same number of samples); the held-out evaluation splits conditions over the
   ranks, so :func:`check_lockstep_evaluation` refuses held-out sets that would give ranks different batch counts.
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,7 +64,6 @@ __all__ = [
     "shard_into_",
     "shard_transformer",
     "transformer_blocks",
-    "write_lora",
 ]
 
 #: attributes of a diffusers transformer that hold its repeated blocks (FLUX: both; Qwen-Image: the first)
@@ -185,29 +183,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
             for k, v in values.items()
         }
     optimizer.load_state_dict({**state, "state": converted})
-
-
-def write_lora(model: EditModel, directory: str | Path, weights: Mapping[str, Tensor]) -> Path:
-    """Write whole LoRA ``weights`` (names as :func:`~fastgrpo.models.lora.lora_state_dict` gives them, e.g.
-    gathered with :func:`full_tensor`) as ``directory/pytorch_lora_weights.safetensors`` in the diffusers format,
-    the file :meth:`EditModel.save_lora` writes for an unsharded model. No communication: rank 0 calls it alone.
-
-    Raises ``ValueError`` when the names differ from the attached adapter's.
-    """
-    from fastgrpo.models.lora import WEIGHT_NAME, _adapter_metadata, lora_state_dict
-
-    names = set(lora_state_dict(model.transformer))
-    if set(weights) != names:
-        raise ValueError(f"LoRA weights to write do not fit the adapter (e.g. {sorted(names ^ set(weights))[:3]})")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.lora_pipeline_class().save_lora_weights(  # type: ignore[attr-defined]
-        save_directory=str(directory),
-        transformer_lora_layers={k: v.detach().contiguous().cpu() for k, v in weights.items()},
-        weight_name=WEIGHT_NAME,
-        transformer_lora_adapter_metadata=_adapter_metadata(model.transformer),
-    )
-    return directory / WEIGHT_NAME
 
 
 def check_lockstep_evaluation(groups: Sequence[Sequence[Any]], world_size: int, batch_size: int) -> None:

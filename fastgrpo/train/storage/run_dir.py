@@ -19,7 +19,7 @@ from typing import Any
 
 from fastgrpo.train.storage.files import atomic_write_bytes, describe_os_error
 
-__all__ = ["METRICS_FILENAME", "RunDir", "RunDirError"]
+__all__ = ["METRICS_FILENAME", "RunDir", "RunDirError", "open_run_dir"]
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -130,3 +130,37 @@ class RunDir:
             with contextlib.suppress(OSError):
                 self._metrics_handle.close()
             self._metrics_handle = None
+
+
+def open_run_dir(cfg: Any, dist: Any) -> RunDir:
+    """The run directory ``logging.output_dir / (logging.run_name or the start time)`` of ``cfg`` on every rank.
+
+    Rank 0 creates it, refuses it when it holds a run whose saved ``config.yaml`` differs from ``cfg`` in a setting
+    a resumed run may not change (:func:`~fastgrpo.train.config.config_differences`), and writes the resolved
+    config; the other ranks wait for that (``dist``: a :class:`~fastgrpo.train.parallel.distributed.DistContext`).
+
+    Raises :class:`RunDirError` (cannot create or write) or :class:`~fastgrpo.train.errors.TrainingError` (a
+    different run already lives there).
+    """
+    import datetime
+
+    from fastgrpo.train.config import config_differences, config_to_dict, load_config, save_resolved_config
+    from fastgrpo.train.errors import TrainingError
+
+    name = cfg.logging.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.logging.output_dir) / dist.broadcast_object(name)
+    if not dist.is_main:
+        dist.barrier()
+        return RunDir(path, create=False)
+    run_dir = RunDir(path)
+    saved = path / "config.yaml"
+    if saved.is_file():
+        diffs = config_differences(config_to_dict(load_config(saved)), config_to_dict(cfg))
+        if diffs:
+            raise TrainingError(
+                f"{path} holds a run with a different config ({'; '.join(diffs[:5])}); resume it with the same "
+                "settings, or choose another logging.run_name for a new run"
+            )
+    save_resolved_config(cfg, path)
+    dist.barrier()
+    return run_dir

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from fastgrpo.core import GRPOConfig
+from fastgrpo.core import GRPOConfig, StepSpec
 from fastgrpo.data.synthetic import SyntheticEditTask
 from fastgrpo.kernels import noise_state
 from fastgrpo.models import tiny_editor
 from fastgrpo.models.base import images_to_tensor
 from fastgrpo.train.graphs import GraphCache, RolloutGraphRunner, TrainingGraphs, UpdateGraphRunner
 from fastgrpo.train.graphs import capture as graph_capture
-from fastgrpo.train.rollout import rollout
+from fastgrpo.train.rollout import RolloutPlan, rollout
 from fastgrpo.train.update import grpo_backward
 
 NOISE = 0.7
@@ -48,8 +49,17 @@ def noise_for(model, batch: int, seed: int = 0) -> torch.Tensor:
     return model.initial_noise(batch, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def rollout_kwargs(model, seed: int = 1, window=(0, 2)) -> dict[str, Any]:
-    return {"noise_level": NOISE, "noise_state": noise_state(seed, device=model.device), "window": window}
+def plan_of(schedule, window=(0, 2)) -> RolloutPlan:
+    return RolloutPlan.build(schedule, StepSpec(NOISE, schedule.t_cap), window)
+
+
+def state_of(model, seed: int = 1) -> dict[str, Any]:
+    return {"noise_state": noise_state(seed, device=model.device)}
+
+
+def trained(ro, adv, steps):
+    """The rollout with its advantages and the steps to train, as the trainer hands it to the update."""
+    return replace(ro, advantages=adv.to(ro.device), trained=steps)
 
 
 def grads_of(params) -> list[torch.Tensor]:
@@ -108,15 +118,16 @@ def stand_in_capture(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="off CUDA only")
 def test_rollout_fallback_equals_eager_exactly_and_logs_the_reason_once(tiny, caplog):
     model, _, cond, schedule = tiny
-    runner = RolloutGraphRunner(model)
+    runner, plan = RolloutGraphRunner(model), plan_of(schedule)
     noise = noise_for(model, 4)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         for seed in (1, 2):
-            kw, ref_kw = rollout_kwargs(model, seed), rollout_kwargs(model, seed)
-            out = runner(model, cond, schedule, noise, **kw)
-            ref = rollout(model, cond, schedule, noise, **ref_kw)
-            for name in ("latents", "log_probs", "times", "trained", "group_ids"):
+            kw, ref_kw = state_of(model, seed), state_of(model, seed)
+            out = rollout(model, cond, plan, noise, steps_fn=runner, **kw)
+            ref = rollout(model, cond, plan, noise, **ref_kw)
+            for name in ("latents", "log_probs", "times", "group_ids"):
                 assert torch.equal(getattr(out, name), getattr(ref, name)), name
+            assert out.sde_steps == ref.sde_steps
             assert torch.equal(kw["noise_state"], ref_kw["noise_state"])  # advanced in place as eagerly
             assert runner.used is False
     records = graph_records(caplog)
@@ -128,18 +139,18 @@ def test_rollout_fallback_equals_eager_exactly_and_logs_the_reason_once(tiny, ca
 @pytest.mark.skipif(torch.cuda.is_available(), reason="off CUDA only")
 def test_update_fallback_equals_eager_exactly_and_logs_once(tiny, caplog):
     model, params, cond, schedule = tiny
-    out = rollout(model, cond, schedule, noise_for(model, 4), **rollout_kwargs(model))
-    adv = torch.tensor([1.0, -1.0, 0.5, -2.0])
-    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.05), "noise_level": NOISE,
-          "t_cap": schedule.t_cap, "micro_batch": 3}  # fmt: skip
+    plan = plan_of(schedule)
+    out = trained(rollout(model, cond, plan, noise_for(model, 4), **state_of(model)),
+                  torch.tensor([1.0, -1.0, 0.5, -2.0]), (1,))  # fmt: skip
+    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.05), "spec": plan.spec, "micro_batch": 3}
     clear_grads(params)
-    ref = grpo_backward(model, out, cond, adv, [1], **kw)
+    ref = grpo_backward(model, out, cond, **kw)
     g_ref = grads_of(params)
     runner = UpdateGraphRunner(model, params)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         for _ in range(2):
             clear_grads(params)
-            stats = runner(model, out, cond, adv, [1], **kw)
+            stats = grpo_backward(model, out, cond, step_fn=runner, **kw)
             assert torch.equal(stats.values, ref.values)
             assert all(torch.equal(a, b) for a, b in zip(grads_of(params), g_ref, strict=True))
     assert runner.used is False
@@ -174,17 +185,18 @@ def test_replayed_rollout_equals_eager_and_the_noise_state_advances(tiny, stand_
     other = model.schedule(3, 32, 32, interval_steps=6)  # same K and t_cap, other times: an input, not in the key
     assert not torch.equal(other.times, schedule.times)
     swapped, ids = cond.index_select(torch.tensor([2, 3, 0, 1])), torch.tensor([1, 1, 0, 0])
+    spec = StepSpec(NOISE, schedule.t_cap)
     calls = [(cond, schedule, noise, None), (cond, schedule, noise, None),
              (swapped, other, noise_for(model, 4, seed=9), ids)]  # fmt: skip
     outs = []
     for c, sched, x0, group_ids in calls:  # one capture, then replays; the same state object draws fresh noise
-        kw = {"noise_level": NOISE, "t_cap": schedule.t_cap, "window": (1, 3), "group_ids": group_ids}
-        out = runner(model, c, sched, x0, noise_state=state, **kw)
-        ref = rollout(model, c, sched, x0, noise_state=ref_state, **kw)
+        plan = RolloutPlan.build(sched, spec, (1, 3))
+        out = rollout(model, c, plan, x0, noise_state=state, group_ids=group_ids, steps_fn=runner)
+        ref = rollout(model, c, plan, x0, noise_state=ref_state, group_ids=group_ids)
         assert runner.used is True
-        for name in ("latents", "log_probs", "times", "trained", "group_ids"):
+        for name in ("latents", "log_probs", "times", "group_ids"):
             assert torch.equal(getattr(out, name), getattr(ref, name)), name
-        assert out.rewards.isnan().all()
+        assert out.rewards.isnan().all() and out.sde_steps == (1, 2)
         assert torch.equal(state, ref_state)
         outs.append(out)
     assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 3
@@ -197,27 +209,27 @@ def test_replayed_rollout_recaptures_when_the_shape_or_window_changes(tiny, stan
     model, _, cond, schedule = tiny
     runner = RolloutGraphRunner(model)
     noise, two, one = noise_for(model, 2), cond.index_select(torch.arange(2)), cond.index_select(torch.arange(1))
-    runner(model, two, schedule, noise, **rollout_kwargs(model, window=(0, 2)))
-    runner(model, two, schedule, noise, **rollout_kwargs(model, window=(1, 2)))
-    runner(model, one, schedule, noise[:1], **rollout_kwargs(model))
-    runner(model, two, schedule, noise, **rollout_kwargs(model, window=(0, 2)))  # cached
+    rollout(model, two, plan_of(schedule, (0, 2)), noise, steps_fn=runner, **state_of(model))
+    rollout(model, two, plan_of(schedule, (1, 2)), noise, steps_fn=runner, **state_of(model))
+    rollout(model, one, plan_of(schedule), noise[:1], steps_fn=runner, **state_of(model))
+    rollout(model, two, plan_of(schedule, (0, 2)), noise, steps_fn=runner, **state_of(model))  # cached
     assert len(stand_in_capture) == 3 and len(runner.cache) == 3
 
 
 def test_replayed_update_equals_eager(tiny, stand_in_capture):
     # beta = 0 here; the reference pass inside the micro-step runs in the capture-failure test below
     model, params, cond, schedule = tiny
-    out = rollout(model, cond, schedule, noise_for(model, 4), **rollout_kwargs(model))
-    adv = torch.tensor([1.0, -1.0, 0.5, -2.0])
-    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.0), "noise_level": NOISE,
-          "t_cap": schedule.t_cap, "micro_batch": 2}  # fmt: skip
+    plan = plan_of(schedule)
+    out = trained(rollout(model, cond, plan, noise_for(model, 4), **state_of(model)),
+                  torch.tensor([1.0, -1.0, 0.5, -2.0]), (0, 1))  # fmt: skip
+    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.0), "spec": plan.spec, "micro_batch": 2}
     clear_grads(params)
-    ref = grpo_backward(model, out, cond, adv, [0, 1], **kw)
+    ref = grpo_backward(model, out, cond, **kw)
     g_ref = grads_of(params)
     runner = UpdateGraphRunner(model, params)
     for call in range(2):
         clear_grads(params)  # as zero_grad(set_to_none=True) does between updates
-        stats = runner(model, out, cond, adv, [0, 1], **kw)
+        stats = grpo_backward(model, out, cond, step_fn=runner, **kw)
         assert runner.used is True
         torch.testing.assert_close(stats.values, ref.values, rtol=1e-6, atol=1e-9)
         for a, b in zip(grads_of(params), g_ref, strict=True):
@@ -226,7 +238,7 @@ def test_replayed_update_equals_eager(tiny, stand_in_capture):
         assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 4 * (call + 1)
     assert all(g.abs().sum() > 0 for g in g_ref)
     # without clearing, a second update accumulates on top of the first
-    runner(model, out, cond, adv, [0, 1], **kw)
+    grpo_backward(model, out, cond, step_fn=runner, **kw)
     for a, b in zip(grads_of(params), g_ref, strict=True):
         torch.testing.assert_close(a, 2 * b, rtol=1e-5, atol=1e-10)
     clear_grads(params)
@@ -234,11 +246,12 @@ def test_replayed_update_equals_eager(tiny, stand_in_capture):
 
 def test_capture_failure_falls_back_logs_once_and_undoes_the_warm_up(tiny, monkeypatch, caplog):
     model, params, cond, schedule = tiny
-    out = rollout(model, cond, schedule, noise_for(model, 4), **rollout_kwargs(model))
-    adv = torch.tensor([1.0, -1.0, 0.5, -2.0])
-    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.05), "noise_level": NOISE, "t_cap": schedule.t_cap}
+    plan = plan_of(schedule)
+    out = trained(rollout(model, cond, plan, noise_for(model, 4), **state_of(model)),
+                  torch.tensor([1.0, -1.0, 0.5, -2.0]), (1,))  # fmt: skip
+    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=0.05), "spec": plan.spec}
     clear_grads(params)
-    ref = grpo_backward(model, out, cond, adv, [1], **kw)
+    ref = grpo_backward(model, out, cond, **kw)
     g_ref = grads_of(params)
 
     def failing_capture(self, body, device):
@@ -251,13 +264,13 @@ def test_capture_failure_falls_back_logs_once_and_undoes_the_warm_up(tiny, monke
     with caplog.at_level(logging.INFO, logger=LOGGER):
         for _ in range(2):
             clear_grads(params)
-            stats = update(model, out, cond, adv, [1], **kw)
+            stats = grpo_backward(model, out, cond, step_fn=update, **kw)
             torch.testing.assert_close(stats.values, ref.values, rtol=1e-6, atol=1e-9)
             for a, b in zip(grads_of(params), g_ref, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-10)
-            kw_r, ref_kw = rollout_kwargs(model), rollout_kwargs(model)
-            r = roll(model, cond, schedule, out.latents[:, 0], **kw_r)
-            assert torch.equal(r.latents, rollout(model, cond, schedule, out.latents[:, 0], **ref_kw).latents)
+            kw_r, ref_kw = state_of(model), state_of(model)
+            r = rollout(model, cond, plan, out.latents[:, 0], steps_fn=roll, **kw_r)
+            assert torch.equal(r.latents, rollout(model, cond, plan, out.latents[:, 0], **ref_kw).latents)
             assert torch.equal(kw_r["noise_state"], ref_kw["noise_state"])  # the failed warm-up left it alone
     assert update.used is False and roll.used is False
     assert len(update.cache) == 0 and len(roll.cache) == 0
@@ -271,11 +284,11 @@ def test_training_graphs_report_whether_both_replayed(tiny, stand_in_capture):
     model, params, cond, schedule = tiny
     graphs = TrainingGraphs(model, params, max_graphs=2)
     assert graphs.used is False  # nothing ran yet
-    two = cond.index_select(torch.arange(2))
-    out = graphs.rollout(model, two, schedule, noise_for(model, 2), **rollout_kwargs(model))
+    two, plan = cond.index_select(torch.arange(2)), plan_of(schedule)
+    out = rollout(model, two, plan, noise_for(model, 2), steps_fn=graphs.rollout_steps, **state_of(model))
     assert graphs.used is False
-    adv = torch.tensor([-1.0, 1.0])
-    graphs.backward(model, out, two, adv, [1], grpo=GRPOConfig(beta=0.0), noise_level=NOISE, t_cap=schedule.t_cap)
+    out = trained(out, torch.tensor([-1.0, 1.0]), (1,))
+    grpo_backward(model, out, two, grpo=GRPOConfig(beta=0.0), spec=plan.spec, step_fn=graphs.micro_step)
     assert graphs.used is True
     clear_grads(params)
 
@@ -330,7 +343,7 @@ def test_runner_cache_stays_bounded_and_releases_old_graphs(tiny, stand_in_captu
     noise = noise_for(model, 2)
     for rows in (1, 2, 2):
         index = torch.arange(rows)
-        runner(model, cond.index_select(index), schedule, noise[:rows], **rollout_kwargs(model))
+        rollout(model, cond.index_select(index), plan_of(schedule), noise[:rows], steps_fn=runner, **state_of(model))
         assert len(runner.cache) == 1
     assert len(stand_in_capture) == 2 and stand_in_capture[0].was_reset  # batch 1 released when 2 arrived
     assert not stand_in_capture[1].was_reset and stand_in_capture[1].replays == 2
@@ -368,39 +381,27 @@ def test_bad_update_parameters_are_refused(tiny):
         TrainingGraphs(model, [])
 
 
-def test_bad_call_arguments_are_refused(tiny):
+def test_bad_call_arguments_are_refused(tiny, stand_in_capture):
     model, params, cond, schedule = tiny
-    runner = RolloutGraphRunner(model)
+    runner, plan = RolloutGraphRunner(model), plan_of(schedule)
     noise = noise_for(model, 4)
     with pytest.raises(ValueError, match="built for another model"):
-        runner(tiny_editor.build_tiny_editor(), cond, schedule, noise, **rollout_kwargs(model))
+        rollout(tiny_editor.build_tiny_editor(), cond, plan, noise, steps_fn=runner, **state_of(model))
     with pytest.raises(ValueError, match="noise_state must be an int64 tensor"):
-        runner(model, cond, schedule, noise, noise_level=NOISE, noise_state=torch.zeros(2))
+        rollout(model, cond, plan, noise, noise_state=torch.zeros(2), steps_fn=runner)
     with pytest.raises(ValueError, match="noise_state must be an int64 tensor"):
-        runner(model, cond, schedule, noise, noise_level=NOISE, noise_state=torch.zeros(3, dtype=torch.int64))
+        rollout(model, cond, plan, noise, noise_state=torch.zeros(3, dtype=torch.int64), steps_fn=runner)
     with pytest.raises(ValueError, match="initial_noise has 2 rows for 4 conditions"):
-        runner(model, cond, schedule, noise[:2], **rollout_kwargs(model))
+        rollout(model, cond, plan, noise[:2], steps_fn=runner, **state_of(model))
     with pytest.raises(ValueError, match="SDE window"):
-        runner(model, cond, schedule, noise, **rollout_kwargs(model, window=(2, 9)))
+        plan_of(schedule, (2, 9))
+    out = trained(rollout(model, cond, plan, noise, **state_of(model)), torch.zeros(4), (0,))
     update = UpdateGraphRunner(model, params)
     with pytest.raises(ValueError, match="built for another model"):
-        update(object(), None, cond, None, [0], grpo=GRPOConfig(), noise_level=NOISE, t_cap=0.5)
-
-
-def test_bad_update_call_arguments_are_refused_on_the_replay_path(tiny, stand_in_capture):
-    model, params, cond, schedule = tiny
-    out = rollout(model, cond, schedule, noise_for(model, 4), **rollout_kwargs(model, window=(0, 2)))
-    update = UpdateGraphRunner(model, params)
-    kw = {"grpo": GRPOConfig(), "noise_level": NOISE, "t_cap": schedule.t_cap}
-    adv = torch.zeros(4)
-    with pytest.raises(ValueError, match="steps is empty"):
-        update(model, out, cond, adv, [], **kw)
-    with pytest.raises(ValueError, match=r"must be SDE \(trained\) steps"):
-        update(model, out, cond, adv, [2], **kw)
-    with pytest.raises(ValueError, match="advantages"):
-        update(model, out, cond, adv[:3], [0], **kw)
-    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
-        update(model, out, cond, adv, [0], micro_batch=0, **kw)
+        grpo_backward(tiny_editor.build_tiny_editor(), out, cond, grpo=GRPOConfig(), spec=plan.spec, step_fn=update)
+    for bad, message in (((2,), "must be distinct SDE steps"), ((), "trains no step")):  # checked before any capture
+        with pytest.raises(ValueError, match=message):
+            grpo_backward(model, replace(out, trained=bad), cond, grpo=GRPOConfig(), spec=plan.spec, step_fn=update)
     assert not stand_in_capture
 
 
@@ -422,7 +423,6 @@ SMALL = [
 
 
 def run_small(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    from fastgrpo.models.lora import lora_state_dict
     from fastgrpo.train.config import load_config
     from fastgrpo.train.loop import Trainer
 
@@ -432,7 +432,7 @@ def run_small(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], dict[
         result = trainer.run()
     finally:
         trainer.close()
-    lora = {k: v.detach().clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
+    lora = {k: v.detach().clone() for k, v in trainer.model.lora_state_dict().items()}
     return result.metrics, lora
 
 
@@ -467,24 +467,23 @@ def tiny_cuda():
 @pytest.mark.gpu
 def test_gpu_rollout_replay_matches_eager_and_draws_fresh_noise(tiny_cuda):
     model, _, cond, schedule = tiny_cuda
-    runner = RolloutGraphRunner(model)
+    runner, plan = RolloutGraphRunner(model), plan_of(schedule, (0, 3))
     noise = noise_for(model, 4)
     state, ref_state = noise_state(3, device="cuda"), noise_state(3, device="cuda")
     outs = []
     for _ in range(3):  # capture + replay, then two replays with the state advanced in place
-        out = runner(model, cond, schedule, noise, noise_level=NOISE, noise_state=state, window=(0, 3))
-        ref = rollout(model, cond, schedule, noise, noise_level=NOISE, noise_state=ref_state, window=(0, 3))
+        out = rollout(model, cond, plan, noise, noise_state=state, steps_fn=runner)
+        ref = rollout(model, cond, plan, noise, noise_state=ref_state)
         assert runner.used is True
         torch.testing.assert_close(out.latents, ref.latents, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.log_probs, ref.log_probs, rtol=1e-5, atol=1e-5)
-        assert torch.equal(out.trained, ref.trained) and torch.equal(state, ref_state)
+        assert torch.equal(state, ref_state)
         outs.append(out)
     assert len(runner.cache) == 1
     assert not torch.allclose(outs[0].latents[:, -1], outs[1].latents[:, -1])  # fresh noise on every replay
     assert not torch.allclose(outs[1].latents[:, -1], outs[2].latents[:, -1])
     # the same state value again reproduces the first replay
-    again = runner(model, cond, schedule, noise, noise_level=NOISE, noise_state=noise_state(3, device="cuda"),
-                   window=(0, 3))  # fmt: skip
+    again = rollout(model, cond, plan, noise, noise_state=noise_state(3, device="cuda"), steps_fn=runner)
     assert torch.equal(again.latents, outs[0].latents)
 
 
@@ -492,17 +491,17 @@ def test_gpu_rollout_replay_matches_eager_and_draws_fresh_noise(tiny_cuda):
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 def test_gpu_update_graph_gradients_match_eager(tiny_cuda, beta):
     model, params, cond, schedule = tiny_cuda
-    out = rollout(model, cond, schedule, noise_for(model, 4), **rollout_kwargs(model))
-    adv = torch.tensor([1.0, -1.0, 0.5, -2.0], device="cuda")
-    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=beta), "noise_level": NOISE,
-          "t_cap": schedule.t_cap, "micro_batch": 3}  # fmt: skip
+    plan = plan_of(schedule)
+    out = trained(rollout(model, cond, plan, noise_for(model, 4), **state_of(model)),
+                  torch.tensor([1.0, -1.0, 0.5, -2.0]), (0, 1))  # fmt: skip
+    kw = {"grpo": GRPOConfig(clip_low=0.2, clip_high=0.2, beta=beta), "spec": plan.spec, "micro_batch": 3}
     clear_grads(params)
-    ref = grpo_backward(model, out, cond, adv, [0, 1], **kw)
+    ref = grpo_backward(model, out, cond, **kw)
     g_ref = grads_of(params)
     runner = UpdateGraphRunner(model, params)
     for _ in range(2):  # capture + replay, then replays only
         clear_grads(params)
-        stats = runner(model, out, cond, adv, [0, 1], **kw)
+        stats = grpo_backward(model, out, cond, step_fn=runner, **kw)
         assert runner.used is True
         torch.testing.assert_close(stats.values, ref.values, rtol=1e-5, atol=1e-6)
         for a, b in zip(grads_of(params), g_ref, strict=True):
@@ -515,13 +514,13 @@ def test_gpu_update_graph_gradients_match_eager(tiny_cuda, beta):
 @pytest.mark.gpu
 def test_gpu_rollout_cache_stays_bounded(tiny_cuda):
     model, _, cond, schedule = tiny_cuda
-    runner = RolloutGraphRunner(model, max_graphs=2)
+    runner, plan = RolloutGraphRunner(model, max_graphs=2), plan_of(schedule)
     noise = noise_for(model, 4)
     for rows in (1, 2, 3, 1):
         index = torch.arange(rows, device="cuda")
         sub = cond.index_select(index)
-        out = runner(model, sub, schedule, noise[:rows], **rollout_kwargs(model))
-        ref = rollout(model, sub, schedule, noise[:rows], **rollout_kwargs(model))
+        out = rollout(model, sub, plan, noise[:rows], steps_fn=runner, **state_of(model))
+        ref = rollout(model, sub, plan, noise[:rows], **state_of(model))
         assert runner.used is True and len(runner.cache) <= 2
         torch.testing.assert_close(out.latents, ref.latents, rtol=1e-5, atol=1e-5)
     assert runner.cache.evictions == 2
@@ -537,12 +536,12 @@ def test_gpu_uncapturable_velocity_falls_back_to_eager(caplog, monkeypatch):
         return velocity(x, t, c)
 
     monkeypatch.setattr(model, "velocity", syncing_velocity)
-    runner = RolloutGraphRunner(model)
+    runner, plan = RolloutGraphRunner(model), plan_of(schedule)
     noise = noise_for(model, 4)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         for _ in range(2):
-            out = runner(model, cond, schedule, noise, **rollout_kwargs(model))
-            ref = rollout(model, cond, schedule, noise, **rollout_kwargs(model))
+            out = rollout(model, cond, plan, noise, steps_fn=runner, **state_of(model))
+            ref = rollout(model, cond, plan, noise, **state_of(model))
             assert runner.used is False
             assert torch.equal(out.latents, ref.latents)
     assert not torch.cuda.is_current_stream_capturing()

@@ -1,14 +1,14 @@
-"""The progress line: throttled lines off a terminal, a live line on one, messages kept apart from the bar."""
+"""The progress display: throttled tqdm-formatted lines off a terminal, a live tqdm bar on one, messages kept apart
+from the bar, and the argument checks."""
 
 from __future__ import annotations
 
 import io
-import math
+import re
 
-from fastgrpo.train.metrics import progress as observe
+import pytest
+
 from fastgrpo.train.metrics.progress import ProgressBar
-
-# --- ProgressBar ------------------------------------------------------------------------------------------------------
 
 
 class _Clock:
@@ -24,6 +24,10 @@ class _TTY(io.StringIO):
         return True
 
 
+def _steps(text: str) -> list[int]:
+    return [int(re.search(r" (\d+)/\d+ \[", line).group(1)) for line in text.splitlines()]
+
+
 def test_progress_bar_non_tty_throttles_and_prints_last_step():
     clock, out = _Clock(), io.StringIO()
     bar = ProgressBar(10, stream=out, min_interval_s=10.0, clock=clock)
@@ -31,12 +35,23 @@ def test_progress_bar_non_tty_throttles_and_prints_last_step():
         clock.now += 4.0
         bar.update(step, reward=0.5, phases={"rollout": 1.0, "update": 3.0})
     bar.close()
-    lines = out.getvalue().splitlines()
-    steps = [int(line.split()[1].split("/")[0]) for line in lines]
-    assert steps == [1, 4, 7, 10]  # first, then every >= 10 s (3 iterations of 4 s), and the last
-    assert "\r" not in out.getvalue()
-    assert lines[0].startswith("step 1/10 | reward 0.500 | rollout 1.0s update 3.0s | 4.0 s/it | ETA 36s")
-    assert lines[-1].endswith("done in 40s")
+    text = out.getvalue()
+    assert _steps(text) == [1, 4, 7, 10]  # first, then every >= 10 s (3 iterations of 4 s), and the last
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert lines[0] == "step:  10% 1/10 [00:04<00:36,  4.00s/it, reward=0.500 | rollout 1.0s update 3.0s]"
+    assert lines[-1] == "step: 100% 10/10 [00:40<00:00,  4.00s/it, reward=0.500 | rollout 1.0s update 3.0s]"
+
+
+def test_progress_bar_last_step_printed_even_inside_the_interval():
+    clock, out = _Clock(), io.StringIO()
+    bar = ProgressBar(3, start=1, stream=out, min_interval_s=3600.0, clock=clock)
+    for step in (2, 3):
+        clock.now += 1.0
+        bar.update(step)
+    assert _steps(out.getvalue()) == [2, 3]  # printed by update itself, before close
+    bar.close()
+    assert _steps(out.getvalue()) == [2, 3]
 
 
 def test_progress_bar_close_flushes_a_held_back_line():
@@ -44,29 +59,16 @@ def test_progress_bar_close_flushes_a_held_back_line():
     bar = ProgressBar(100, stream=out, min_interval_s=60.0, clock=clock)
     for step in (1, 2, 3):
         clock.now += 1.0
-        bar.update(step)
+        bar.update(step, eval_reward=float("nan"))
+    assert _steps(out.getvalue()) == [1]
     bar.close()
     bar.close()
-    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["1/100", "3/100"]
+    bar.update(4)  # after close: ignored
+    assert _steps(out.getvalue()) == [1, 3]
+    assert out.getvalue().splitlines()[-1].endswith("[00:03<01:37,  1.00it/s, eval=nan]")
 
 
-def test_progress_bar_tty_rewrites_and_write_keeps_bar():
-    clock, out = _Clock(), _TTY()
-    bar = ProgressBar(5, stream=out, clock=clock)
-    clock.now += 2.0
-    bar.update(1, reward=float("nan"), eval_reward=0.7012)
-    clock.now += 2.0
-    bar.update(2, reward=0.25)
-    bar.write("checkpoint saved")
-    bar.close()
-    text = out.getvalue()
-    assert text.count("\r") == 3 and "\x1b[K" in text
-    assert "reward nan | eval 0.701" in text
-    assert "\x1b[Kcheckpoint saved\nstep 2/5 | reward 0.250" in text
-    assert text.endswith("\n")
-
-
-def test_progress_bar_eta_excludes_warmup_and_formats():
+def test_progress_bar_rate_leaves_out_the_warmup_iteration():
     clock, out = _Clock(), io.StringIO()
     bar = ProgressBar(200, start=10, stream=out, min_interval_s=0.0, clock=clock)
     clock.now += 60.0  # first iteration: compilation
@@ -74,20 +76,73 @@ def test_progress_bar_eta_excludes_warmup_and_formats():
     clock.now += 4.0
     bar.update(12)
     lines = out.getvalue().splitlines()
-    assert "60.0 s/it | ETA 3h09m" in lines[0]  # 189 left x 60 s
-    assert lines[1].endswith("4.0 s/it | ETA 12m32s")  # warm-up left out: 188 x 4 s
+    assert lines[0] == "step:   6% 11/200 [01:00<3:09:00, 60.00s/it]"  # 189 left x 60 s
+    assert lines[1] == "step:   6% 12/200 [01:04<12:32,  4.00s/it]"  # warm-up left out: 188 x 4 s
+
+
+def test_progress_bar_tty_draws_a_bar_and_write_keeps_it():
+    out = _TTY()
+    bar = ProgressBar(5, start=1, stream=out, clock=_Clock())
+    bar.update(2, reward=float("nan"), eval_reward=0.7012, phases={"rollout": 0.4})
+    bar.update(3, reward=0.25)
+    bar.write("checkpoint saved")
+    bar.close()
+    bar.close()
+    text = out.getvalue()
+    frames = text.split("\r")
+    assert "1/5" in frames[1]  # drawn at once, from start
+    assert any("2/5" in f and "reward=nan, eval=0.701 | rollout 0.4s" in f for f in frames)
+    assert re.search(r"40%\|[^|]+\| 2/5 \[", text)  # a bar, not a plain line
+    before, after = text.split("checkpoint saved\n")
+    *_, blanks, rest = before.rsplit("\r", 2)
+    assert rest == "" and blanks.strip() == ""  # the bar line was blanked out for the message
+    assert "3/5" in after and "reward=0.250" in after  # and redrawn below it
+    assert text.endswith("\n") and text.count("\n") == 2  # the message, then the bar left in place on close
+
+
+def test_progress_bar_tty_redraws_a_repeated_step():
+    out = _TTY()
+    bar = ProgressBar(4, stream=out)
+    bar.update(1, reward=0.1)
+    bar.update(1, reward=0.9)
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith("step:  25%|")  # redrawn at once, still step 1
+    assert out.getvalue().rstrip().endswith("reward=0.900]")
+    bar.close()
 
 
 def test_progress_bar_disabled_prints_only_messages():
-    out = io.StringIO()
-    bar = ProgressBar(3, enabled=False, stream=out, clock=_Clock())
-    bar.update(1, reward=1.0)
-    bar.write("hello")
-    bar.update(3)
-    bar.close()
-    assert out.getvalue() == "hello\n"
+    for out in (io.StringIO(), _TTY()):
+        bar = ProgressBar(3, enabled=False, stream=out, clock=_Clock())
+        bar.update(1, reward=1.0)
+        bar.write("hello")
+        bar.update(3)
+        bar.close()
+        bar.write("after close")
+        assert out.getvalue() == "hello\nafter close\n"
 
 
-def test_format_duration():
-    fmt = observe._format_duration
-    assert [fmt(5), fmt(59.4), fmt(760), fmt(3600 + 5 * 60), fmt(math.nan)] == ["5s", "59s", "12m40s", "1h05m", "?"]
+def test_progress_bar_write_off_a_terminal_is_a_plain_line():
+    clock, out = _Clock(), io.StringIO()
+    bar = ProgressBar(10, stream=out, clock=clock)
+    bar.update(1)
+    bar.write("saved")
+    assert out.getvalue().splitlines()[1] == "saved"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"total": -1}, r"total must be an int >= 0 \(the run's iterations\): got -1"),
+        ({"total": 2.5}, "total must be an int >= 0"),
+        ({"total": True}, "total must be an int >= 0"),
+        ({"total": 10, "start": -3}, r"start must be an int >= 0 \(iterations already done\): got -3"),
+        ({"total": 10, "start": None}, "start must be an int >= 0"),
+        ({"total": 10, "min_interval_s": -1.0}, r"min_interval_s must be >= 0"),
+        ({"total": 10, "min_interval_s": float("nan")}, r"min_interval_s must be >= 0"),
+    ],
+)
+def test_progress_bar_rejects_bad_arguments(kwargs, match):
+    out = _TTY()
+    with pytest.raises(ValueError, match=match):
+        ProgressBar(stream=out, **kwargs)
+    assert out.getvalue() == ""  # no bar was started

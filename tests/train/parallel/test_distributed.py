@@ -38,8 +38,8 @@ WORKER = textwrap.dedent(
     out = sys.argv[1]
     trainer = Trainer(load_config(None, sys.argv[2:]), log=lambda _m: None)
     result = trainer.run()
-    state = {k: v.detach().clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
-    moments = trainer.optimizer.state_dict()["state"]
+    state = {k: v.detach().clone() for k, v in trainer.model.lora_state_dict().items()}
+    moments = trainer.policy.optimizer.state_dict()["state"]
     first = torch.cat([moments[i]["exp_avg"].reshape(-1) for i in sorted(moments)])
     torch.save({"lora": state, "exp_avg": first, "metrics": result.metrics}, f"{out}.rank{trainer.dist.rank}.pt")
     trainer.close()
@@ -78,10 +78,9 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batch(tmp_path: Pat
     trainer = Trainer(single_cfg, log=lambda _m: None)
     single_result = trainer.run()
     trainer.close()
-    from fastgrpo.models.lora import lora_state_dict
 
-    single = lora_state_dict(trainer.model.transformer)
-    moments = trainer.optimizer.state_dict()["state"]
+    single = trainer.model.lora_state_dict()
+    moments = trainer.policy.optimizer.state_dict()["state"]
     single_moment = torch.cat([moments[i]["exp_avg"].reshape(-1) for i in sorted(moments)])
     ranks = [torch.load(f"{out}.rank{r}.pt", weights_only=False) for r in range(2)]
     for name in single:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgrpo.models.lora import lora_state_dict, read_lora
+from fastgrpo.models.lora import read_lora
 from fastgrpo.train.config import load_config
 from fastgrpo.train.loop import Trainer
 from fastgrpo.train.parallel.fsdp import check_lockstep_evaluation
@@ -41,23 +41,23 @@ WORKER = textwrap.dedent(
     import sys, torch, torch.distributed as dist
     from fastgrpo.models.lora import lora_state_dict
     from fastgrpo.train.config import load_config
-    from fastgrpo.train.evaluate import build_model
+    from fastgrpo.train.model_setup import build_model
     from fastgrpo.train.parallel.fsdp import full_optimizer_state, full_tensor
     from fastgrpo.train.loop import Trainer
 
     def snapshot(trainer):
-        lora = {k: full_tensor(v).clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
-        state = full_optimizer_state(trainer.optimizer)["state"]
+        lora = {k: full_tensor(v).clone() for k, v in trainer.model.lora_state_dict().items()}
+        state = full_optimizer_state(trainer.policy.optimizer)["state"]
         keys = ("exp_avg", "exp_avg_sq")
         moments = {key: torch.cat([state[i][key].reshape(-1) for i in sorted(state)]) for key in keys}
         steps = [float(state[i]["step"]) for i in sorted(state)]
-        ema = [full_tensor(e).clone() for e in trainer.ema]
-        return {"lora": lora, **moments, "steps": steps, "ema": ema, "lr": trainer.scheduler.get_last_lr()}
+        ema = [full_tensor(e).clone() for e in trainer.policy.ema]
+        return {"lora": lora, **moments, "steps": steps, "ema": ema, "lr": trainer.policy.scheduler.get_last_lr()}
 
     out, args = sys.argv[1], sys.argv[2:]
     dist.init_process_group("gloo")
     first = Trainer(load_config(None, [*args, "runtime.max_steps=1"]), log=lambda _m: None)
-    sharded = [type(p).__name__ for p in first.params]
+    sharded = [type(p).__name__ for p in first.policy.params]
     result = first.run()
     saved = snapshot(first)
     first.close()
@@ -78,7 +78,7 @@ WORKER = textwrap.dedent(
             v_ref = second.model.velocity(x, t, cond)
         v_lora = second.model.velocity(x, t, cond)
     reference = {"error": float((v_ref - v_base).abs().max()), "lora_change": float((v_lora - v_base).abs().max()),
-                 "requires_grad": all(p.requires_grad for p in second.params)}
+                 "requires_grad": all(p.requires_grad for p in second.policy.params)}
     second.close()
     torch.save({"sharded": sharded, "saved": saved, "resumed": resumed, "final": final, "metrics": result.metrics,
                 "final_metrics": final_result.metrics, "reference": reference}, f"{out}.rank{dist.get_rank()}.pt")
@@ -118,8 +118,8 @@ def test_fsdp_ranks_equal_one_unsharded_process_and_resume_exactly(tmp_path: Pat
         trainer = Trainer(load_config(None, [*one, "runtime.max_steps=1"]), log=lambda _m: None)
         single_result = trainer.run()
         trainer.close()
-        single = {k: v.clone() for k, v in lora_state_dict(trainer.model.transformer).items()}
-        moments = trainer.optimizer.state_dict()["state"]
+        single = {k: v.clone() for k, v in trainer.model.lora_state_dict().items()}
+        moments = trainer.policy.optimizer.state_dict()["state"]
         single_moment = torch.cat([moments[i]["exp_avg"].reshape(-1) for i in sorted(moments)])
     finally:
         logs = [p.communicate(timeout=600)[0] for p in procs]
@@ -156,7 +156,7 @@ def test_fsdp_ranks_equal_one_unsharded_process_and_resume_exactly(tmp_path: Pat
     checkpoint = tmp_path / "two" / "checkpoints" / "step-00000001"
     shared = torch.load(checkpoint / "shared.pt", weights_only=False)
     for name, tensor in saved["lora"].items():
-        assert torch.equal(shared["lora"][name], tensor)
+        assert torch.equal(shared["policy"]["lora"][name], tensor)
     written, _config = read_lora(checkpoint / "lora")
     ema = dict(zip(single, saved["ema"], strict=True))
     for name in single:

@@ -1,8 +1,9 @@
 """The vocabulary of the built-in synthetic editing task: shapes, colours, grid cells and edit specs.
 
-Shared by the task generator (:mod:`fastgrpo.data.synthetic`), the rule rewards that check an edit
-(:mod:`fastgrpo.rewards`) and the built-in tiny editor, so it lives in the core layer. Pure functions, no I/O.
-Images are ``uint8 [H, W, 3]``; masks ``bool [H, W]``.
+Part of the data layer: the task generator (:mod:`fastgrpo.data.synthetic`) draws its scenes and edits from it,
+and the rule rewards that check an edit (:mod:`fastgrpo.rewards.rules`) and the built-in tiny editor's vocabulary
+(:mod:`fastgrpo.models.tiny_text`) import it from here. Pure functions on numpy arrays, no I/O; importing it pulls
+in numpy only (no PIL, no torch). Images are ``uint8 [H, W, 3]``; masks ``bool [H, W]``; sizes are in pixels.
 """
 
 from __future__ import annotations
