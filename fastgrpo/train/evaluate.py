@@ -8,6 +8,7 @@ weights give the same edits whatever the batch size or the number of ranks (rank
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,30 +76,25 @@ def evaluate_conditions(
     return out
 
 
+@dataclass(frozen=True, eq=False)
 class HeldOutEvaluation:
-    """The trainer's ODE evaluation of the held-out set with ``sampler.eval_steps`` (see
-    :func:`evaluate_conditions`); :attr:`groups` is empty when evaluation is off."""
+    """The trainer's ODE evaluation of the held-out ``groups`` with ``sampler.eval_steps`` (the arguments of
+    :func:`evaluate_conditions`); ``groups`` is empty when evaluation is off."""
 
-    def __init__(
-        self,
-        model: EditModel,
-        groups: Sequence[Sequence[ConditionItem]],
-        reward: CompositeReward,
-        *,
-        eval_steps: int,
-        batch_size: int,
-        seed: int,
-        dist: DistContext,
-    ) -> None:
-        self.model, self.groups, self.reward, self.dist = model, list(groups), reward, dist
-        self.eval_steps, self.batch_size, self.seed = eval_steps, batch_size, seed
+    model: EditModel
+    groups: Sequence[Sequence[ConditionItem]]
+    reward: CompositeReward
+    eval_steps: int
+    batch_size: int
+    seed: int
+    dist: DistContext
 
     def __call__(self) -> dict[str, Any]:
         """``eval_reward_mean``, ``eval/<component>`` and ``eval_conditions`` of the current weights."""
+        e = self
         return evaluate_conditions(
-            self.model, self.groups, self.reward, eval_steps=self.eval_steps, batch_size=self.batch_size,
-            seed=self.seed, dist=self.dist,
-        )  # fmt: skip
+            e.model, e.groups, e.reward, eval_steps=e.eval_steps, batch_size=e.batch_size, seed=e.seed, dist=e.dist
+        )
 
 
 def _all_conditions(cfg: Any, path: str, limit: int | None) -> list[list[ConditionItem]]:

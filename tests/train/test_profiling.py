@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fastgrpo.train import profiling as observe
+from fastgrpo.train import profiling
 from fastgrpo.train.profiling import NVTX_DOMAIN, Annotator, PhaseTimer, ProfileWindow
 
 CPU = torch.device("cpu")
@@ -87,12 +87,12 @@ def test_annotator_without_nvtx_says_how_to_fix(monkeypatch):
 @pytest.fixture
 def cuda_calls(monkeypatch):
     calls: list[tuple[str, object]] = []
-    monkeypatch.setattr(observe, "_cuda_synchronize", lambda device: calls.append(("sync", None)))
-    monkeypatch.setattr(observe, "_cuda_profiler_start", lambda: calls.append(("start", None)))
-    monkeypatch.setattr(observe, "_cuda_profiler_stop", lambda: calls.append(("stop", None)))
-    monkeypatch.setattr(observe, "_cuda_memory_history_start", lambda: calls.append(("history_start", None)))
-    monkeypatch.setattr(observe, "_cuda_memory_history_stop", lambda: calls.append(("history_stop", None)))
-    monkeypatch.setattr(observe, "_cuda_dump_memory_snapshot", lambda path: calls.append(("dump", path)))
+    monkeypatch.setattr(profiling, "_cuda_synchronize", lambda device: calls.append(("sync", None)))
+    monkeypatch.setattr(profiling, "_cuda_profiler_start", lambda: calls.append(("start", None)))
+    monkeypatch.setattr(profiling, "_cuda_profiler_stop", lambda: calls.append(("stop", None)))
+    monkeypatch.setattr(profiling, "_cuda_memory_history_start", lambda: calls.append(("history_start", None)))
+    monkeypatch.setattr(profiling, "_cuda_memory_history_stop", lambda: calls.append(("history_stop", None)))
+    monkeypatch.setattr(profiling, "_cuda_dump_memory_snapshot", lambda path: calls.append(("dump", path)))
     return calls
 
 
@@ -172,7 +172,7 @@ def test_profile_window_checks_arguments():
 
 def test_phase_timer_sums_repeats_and_resets(monkeypatch):
     ticks = iter([0.0, 1.0, 1.0, 1.5, 2.0, 4.0, 10.0, 10.25])
-    monkeypatch.setattr(observe.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: next(ticks))
     timer = PhaseTimer(CPU)
     with timer.phase("rollout"):
         pass
@@ -217,9 +217,9 @@ def test_phase_timer_cuda_events_read_once_and_reuse(monkeypatch):
         event.time_ms = clock[0]
         clock[0] += 500.0  # each record advances the fake stream by 0.5 s
 
-    monkeypatch.setattr(observe, "_cuda_new_event", new_event)
-    monkeypatch.setattr(observe, "_cuda_record_event", record)
-    monkeypatch.setattr(observe, "_cuda_synchronize", syncs.append)
+    monkeypatch.setattr(profiling, "_cuda_new_event", new_event)
+    monkeypatch.setattr(profiling, "_cuda_record_event", record)
+    monkeypatch.setattr(profiling, "_cuda_synchronize", syncs.append)
     timer = PhaseTimer(FAKE_CUDA)
     for _ in range(2):
         with timer.phase("rollout"):

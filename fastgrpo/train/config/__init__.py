@@ -6,26 +6,7 @@
 - :mod:`~fastgrpo.train.config.yaml_io`: YAML 1.2 numbers on PyYAML's safe loader.
 """
 
-from fastgrpo.train.config.loading import (
-    CONFIG_FILENAME,
-    RESUMABLE_CHANGES,
-    TrainConfig,
-    apply_overrides,
-    config_differences,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    save_resolved_config,
-)
+from fastgrpo.train.config import loading
+from fastgrpo.train.config.loading import *  # noqa: F403  (the public names of loading.py, listed there once)
 
-__all__ = [
-    "CONFIG_FILENAME",
-    "RESUMABLE_CHANGES",
-    "TrainConfig",
-    "apply_overrides",
-    "config_differences",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "save_resolved_config",
-]
+__all__ = list(loading.__all__)

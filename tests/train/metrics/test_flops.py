@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastgrpo.train.metrics import flops as observe
+from fastgrpo.train.metrics import flops
 from fastgrpo.train.metrics.flops import PEAK_TFLOPS, count_flops, mfu, peak_flops, peak_memory_gib, reset_peak_memory
 
 CPU = torch.device("cpu")
@@ -34,9 +34,9 @@ def test_peak_flops_and_mfu(monkeypatch):
         ("NVIDIA L4", 121.0),
         ("NVIDIA GeForce RTX 4090", 165.0),
     ]:
-        monkeypatch.setattr(observe, "_cuda_device_name", lambda device, name=name: name)
+        monkeypatch.setattr(flops, "_cuda_device_name", lambda device, name=name: name)
         assert peak_flops(FAKE_CUDA) == pytest.approx(tflops * 1e12), name
-    monkeypatch.setattr(observe, "_cuda_device_name", lambda device: "Some Future GPU")
+    monkeypatch.setattr(flops, "_cuda_device_name", lambda device: "Some Future GPU")
     assert peak_flops(FAKE_CUDA) is None
     assert all(v > 0 for v in PEAK_TFLOPS.values())
     assert mfu(989e12, 2.0, 989e12) == pytest.approx(0.5)

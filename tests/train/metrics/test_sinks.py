@@ -327,3 +327,21 @@ def test_logging_wandb_keys_refuse_bad_values(values, message):
 def test_logging_wandb_overrides_name_the_key(override):
     with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_a_training_run_sends_every_metrics_row_to_wandb(wandb_offline, tmp_path):
+    """``logging.wandb=true`` end to end: the trainer's rows (the initial evaluation at step 0, every iteration) go
+    to the W&B run as they go to metrics.jsonl."""
+    from fastgrpo.train.config import load_config
+    from fastgrpo.train.loop import train
+
+    small = ["sampler.prompts_per_step=1", "sampler.group_size=2", "sampler.train_steps=2", "sampler.eval_steps=2",
+             "data.held_out=2", "logging.eval_every=2", "logging.progress=false", "runtime.max_steps=2"]  # fmt: skip
+    cfg = load_config(None, [*small, f"logging.output_dir={tmp_path}", "logging.run_name=wb", "logging.wandb=true"])
+    result = train(cfg, log=lambda _m: None)
+    run_id = json.loads((result.run_dir / WANDB_STATE_FILENAME).read_text())["id"]
+    (run,) = sorted((result.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    history = _history(run / f"run-{run_id}.wandb")
+    assert sorted(history) == [r["step"] for r in result.metrics] == [0, 1, 2]
+    assert history[2]["eval_reward_mean"] == pytest.approx(result.final_eval)
+    assert history[1]["reward_mean"] == pytest.approx(result.metrics[1]["reward_mean"])
