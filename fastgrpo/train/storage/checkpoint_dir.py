@@ -1,14 +1,27 @@
-"""The layout of a run's checkpoint directory: names, the ``COMPLETE`` marker's validation, finding the complete
-checkpoints, and cleaning up what interrupted saves left (:class:`CheckpointDirectory`). Writing and loading are
+"""The layout of a run's checkpoint directory: names, the ``COMPLETE`` marker and its checksums, finding the
+complete checkpoints, moving damaged ones aside and cleaning up what interrupted saves left
+(:class:`CheckpointDirectory`). Writing and loading are
 :class:`~fastgrpo.train.storage.checkpoints.CheckpointManager`'s (see that module for the protocol).
 
-A checkpoint ``step-XXXXXXXX`` counts only when its ``COMPLETE`` marker parses, names the step and the number of
-ranks, and every file it lists has the listed size.
+A checkpoint ``step-XXXXXXXX`` counts as complete when its ``COMPLETE`` marker parses, names the step and the
+number of ranks, and every file it lists has the listed size; before a checkpoint is loaded every file is also read
+and compared with the SHA-256 the marker recorded when it was written (:meth:`CheckpointDirectory.verify`).
+
+What is not complete is one of two things, and they are treated differently:
+
+- **an interrupted write**: a ``.tmp-step-*`` directory, or a ``step-*`` directory without a marker (the save died
+  between renaming the directory into place and writing its marker). Nothing in it was ever vouched for: it is
+  removed, and the removal is logged;
+- **a damaged checkpoint**: a marker that does not parse or does not fit, a file missing, of another size or of
+  another checksum (overwritten, truncated or corrupted after it was written). It may hold the only copy of
+  something: it is never deleted, but moved aside to ``corrupt-step-XXXXXXXX`` (with a ``WHY.txt`` saying what
+  was wrong) with a warning naming it and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,12 +33,20 @@ from typing import Any
 
 from fastgrpo.train.storage.files import fsync_dir
 
-__all__ = ["MARKER", "SHARED_FILE", "CheckpointDirectory", "rank_file_name", "step_dir_name"]
+__all__ = [
+    "MARKER",
+    "SHARED_FILE",
+    "CheckpointDirectory",
+    "file_sha256",
+    "rank_file_name",
+    "step_dir_name",
+]
 
 logger = logging.getLogger("fastgrpo.train.storage.checkpoints")
 
 MARKER = "COMPLETE"
-SHARED_FILE = "shared.pt"
+SHARED_FILE = "shared.safetensors"
+CORRUPT_PREFIX = "corrupt-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _LEFTOVER_DIR = re.compile(r"^\.(tmp|old)-step-(\d+)$")
 
@@ -36,8 +57,14 @@ def step_dir_name(step: int) -> str:
 
 
 def rank_file_name(rank: int) -> str:
-    """``rank-00001.pt`` for rank 1."""
-    return f"rank-{rank:05d}.pt"
+    """``rank-00001.safetensors`` for rank 1."""
+    return f"rank-{rank:05d}.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in large blocks)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _files_under(root: Path) -> Iterator[Path]:
@@ -98,14 +125,15 @@ class CheckpointDirectory:
     # ------------------------------------------------------------------ finding
 
     def complete(self) -> list[Path]:
-        """The complete checkpoints, oldest to newest by step. Incomplete or corrupt ``step-*`` directories are
-        skipped with a warning; a checkpoint written by another number of ranks still counts (:meth:`load`
-        refuses it with an explanation)."""
+        """The complete checkpoints, oldest to newest by step (sizes checked, not checksums: see :meth:`verify`).
+        Interrupted and damaged ``step-*`` directories are skipped with a warning (once each); a checkpoint written
+        by another number of ranks still counts (:meth:`load` refuses it with an explanation)."""
         complete, incomplete = self._scan()
-        for _, path, problem in incomplete:
+        for _, path, problem, damaged in incomplete:
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("ignoring incomplete checkpoint %s (interrupted while being written): %s", path, problem)
+                what = "damaged checkpoint" if damaged else "checkpoint interrupted while being written"
+                logger.warning("ignoring %s %s: %s", what, path, problem)
         return [path for _, path in complete]
 
     def latest(self) -> Path | None:
@@ -113,10 +141,11 @@ class CheckpointDirectory:
         complete = self.complete()
         return complete[-1] if complete else None
 
-    def _scan(self) -> tuple[list[tuple[int, Path]], list[tuple[int, Path, str]]]:
-        """``(complete, incomplete)`` ``step-*`` directories, each sorted by step; incomplete ones with the reason."""
+    def _scan(self) -> tuple[list[tuple[int, Path]], list[tuple[int, Path, str, bool]]]:
+        """``(complete, incomplete)`` ``step-*`` directories, each sorted by step; incomplete ones with the reason and
+        whether they are damaged (True) or an interrupted write (False)."""
         complete: list[tuple[int, Path]] = []
-        incomplete: list[tuple[int, Path, str]] = []
+        incomplete: list[tuple[int, Path, str, bool]] = []
         if not self.directory.is_dir():
             return complete, incomplete
         for path in self.directory.iterdir():
@@ -128,7 +157,7 @@ class CheckpointDirectory:
             if problem is None:
                 complete.append((step, path))
             else:
-                incomplete.append((step, path, problem))
+                incomplete.append((step, path, problem, (path / MARKER).exists()))
         complete.sort(key=lambda item: item[0])
         incomplete.sort(key=lambda item: item[0])
         return complete, incomplete
@@ -157,8 +186,9 @@ class CheckpointDirectory:
             return f"it is the directory of step {dir_step}, not {step}"
         return self._marker_problem(path, dir_step)
 
-    def _marker_problem(self, path: Path, step: int) -> str | None:
-        """Why the ``COMPLETE`` marker of ``path`` does not vouch for a whole checkpoint of ``step``, or ``None``."""
+    def _marker_problem(self, path: Path, step: int, *, checksums: bool = False) -> str | None:
+        """Why the ``COMPLETE`` marker of ``path`` does not vouch for a whole checkpoint of ``step``, or ``None``;
+        with ``checksums`` every file is read and its SHA-256 compared as well."""
         if not path.is_dir():
             return "no such directory"
         try:
@@ -172,39 +202,86 @@ class CheckpointDirectory:
             return f"{MARKER} says step {marker_step!r}, the directory name says {step}"
         if not isinstance(world_size, int) or world_size < 1:
             return f"{MARKER} has no valid world_size ({world_size!r})"
-        if not isinstance(files, dict) or not all(isinstance(size, int) for size in files.values()):
+        valid = isinstance(files, dict) and all(
+            isinstance(f, dict) and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str)
+            for f in files.values()
+        )
+        if not valid:
+            if (path / "shared.pt").exists():
+                return (
+                    "it was written by an older fastgrpo as pickle files, which fastgrpo never loads (unpickling "
+                    "can run code); start a fresh run (another logging.run_name)"
+                )
             return f"{MARKER} has no valid file list"
         required = [SHARED_FILE, *(rank_file_name(r) for r in range(world_size))]
         unlisted = [name for name in required if name not in files]
         if unlisted:
             return f"{MARKER} does not list {unlisted}"
-        for name, size in files.items():
+        for name, listed in files.items():
             try:
                 actual = (path / name).stat().st_size
             except OSError:
                 return f"{name} is missing"
-            if actual != size:
-                return f"{name} has {actual} bytes, {MARKER} says {size} (truncated or overwritten)"
+            if actual != listed["bytes"]:
+                return f"{name} has {actual} bytes, {MARKER} says {listed['bytes']} (truncated or overwritten)"
+        if checksums:
+            for name, listed in files.items():
+                try:
+                    digest = file_sha256(path / name)
+                except OSError as exc:
+                    return f"{name} cannot be read ({exc})"
+                if digest != listed["sha256"]:
+                    return f"{name} does not match its checksum (changed after it was written)"
         return None
+
+    def verify(self, path: Path) -> str | None:
+        """Why the checkpoint at ``path`` cannot be trusted — sizes, the marker and the SHA-256 of every file — or
+        ``None`` when every byte is as written."""
+        match = _STEP_DIR.match(Path(path).name)
+        if match is None:
+            return self._problem(Path(path))
+        return self._marker_problem(Path(path), int(match.group(1)), checksums=True)
 
     # ------------------------------------------------------------------ cleaning
 
-    def clean_incomplete(self) -> list[Path]:
-        """Rank 0: delete what interrupted saves left behind (``.tmp-*`` and ``.old-*`` directories, incomplete
-        ``step-*`` directories); returns the removed paths. Other ranks do nothing and get ``[]``. Call it before
-        the first save of a run, not while a save is in progress.
+    def move_aside(self, path: Path, reason: str) -> Path:
+        """Rank 0: rename the damaged checkpoint ``path`` to ``corrupt-<name>`` (``-2``, ``-3``, ... when taken),
+        write the reason into its ``WHY.txt`` and log a warning; returns the new path."""
+        target = self.directory / f"{CORRUPT_PREFIX}{path.name}"
+        n = 2
+        while target.exists():
+            target = self.directory / f"{CORRUPT_PREFIX}{path.name}-{n}"
+            n += 1
+        path.rename(target)
+        with contextlib.suppress(OSError):
+            (target / "WHY.txt").write_text(f"{path.name} was moved aside: {reason}\n", encoding="utf-8")
+        fsync_dir(self.directory)
+        logger.warning("checkpoint %s is damaged (%s); moved it to %s, delete it when you have looked", path, reason,
+                       target)  # fmt: skip
+        return target
 
-        A save killed while replacing a checkpoint of the same step can leave the complete previous copy in
-        ``.old-step-*`` and an incomplete ``step-*``; that copy is moved back instead of deleted.
-        """
+    def clean_incomplete(self, older_than: int | None = None) -> list[Path]:
+        """Rank 0: tidy what is not a complete checkpoint (of steps below ``older_than``, when given): interrupted
+        writes (``.tmp-*``, ``step-*`` without a marker) are removed, damaged checkpoints moved aside
+        (:meth:`move_aside`), a complete copy left in ``.old-step-*`` by a save killed while replacing the same
+        step is moved back. Every action is logged. Returns the paths removed or moved. Other ranks do nothing
+        and get ``[]``. Call it before the first save of a run, not while a save is in progress."""
         if self.rank != 0:
             return []
-        removed: list[Path] = []
+        handled: list[Path] = []
         _, incomplete = self._scan()
-        for _, path, _problem in incomplete:
-            _remove_tree(path)
-            removed.append(path)
+        for step, path, problem, damaged in incomplete:
+            if older_than is not None and step >= older_than:
+                continue
+            if damaged:
+                self.move_aside(path, problem)
+            else:
+                _remove_tree(path)
+                logger.warning("removed %s: a save interrupted before its %s marker was written", path, MARKER)
+            handled.append(path)
         for path in self._leftovers():
+            if older_than is not None and _leftover_step(path) >= older_than:
+                continue
             final = self.directory / path.name.split("-", 1)[1]  # .old-step-X -> step-X
             restorable = path.name.startswith(".old-") and not final.exists()
             if restorable and self._marker_problem(path, _leftover_step(path)) is None:
@@ -212,9 +289,10 @@ class CheckpointDirectory:
                 logger.warning("restored checkpoint %s from an interrupted replacement", final)
                 continue
             _remove_tree(path)
-            removed.append(path)
+            logger.warning("removed %s, left by an interrupted save", path)
+            handled.append(path)
         fsync_dir(self.directory)
-        return removed
+        return handled
 
     def _intact_sentence(self) -> str:
         """``The newest complete checkpoint <path> is intact.`` (or that there is none)."""

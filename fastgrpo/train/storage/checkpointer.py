@@ -2,8 +2,9 @@
 generators) saves and restores itself through ``state_dict`` / ``load_state_dict``; the checkpointer files them
 with :class:`~fastgrpo.train.storage.checkpoints.CheckpointManager` (atomic, multi-rank) under their names.
 
-Layout of ``shared.pt``: ``{name: component.state_dict() for the shared components, "config": the resolved
-config}``; of ``rank-XXXXX.pt``: ``{name: component.state_dict() for the per-rank components}``.
+Layout of ``shared.safetensors``: ``{name: component.state_dict() for the shared components, "config": the resolved
+config}``; of ``rank-XXXXX.safetensors``: ``{name: component.state_dict() for the per-rank components}`` (plain
+data and tensors, :mod:`~fastgrpo.train.storage.state_files`: nothing is unpickled).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Checkpointer:
         Raises :class:`~fastgrpo.train.storage.checkpoints.CheckpointError` for a checkpoint that lacks a component
         or does not fit it (another LoRA rank or target modules), naming the checkpoint.
         """
-        loaded = self.manager.load(None, map_location="cpu")
+        loaded = self.manager.load(None)
         if loaded is None:
             return None
         for states, parts in ((loaded.shared, self.shared), (loaded.rank_state, self.per_rank)):

@@ -1,19 +1,22 @@
-"""Atomic, multi-rank checkpoints of a training run.
+"""Atomic, multi-rank, checksummed checkpoints of a training run.
 
 A checkpoint is a directory ``step-XXXXXXXX`` (the step, zero-padded to 8 digits; larger steps simply have more
-digits) holding ``shared.pt`` (what rank 0 saved for everyone), one ``rank-XXXXX.pt`` per rank (that rank's own
-state: RNG states, data-loader position, ...), whatever an ``extra_writer`` adds (e.g. LoRA weights in the
-diffusers layout), and, written last, a ``COMPLETE`` marker: JSON with the step, the number of ranks and the size
-of every file. A checkpoint counts only when its marker parses and every listed file has the listed size, so a
-process killed at any point leaves either the previous checkpoints untouched or a directory that is ignored
-(and removed by the next save or :meth:`CheckpointManager.clean_incomplete`).
+digits) holding ``shared.safetensors`` (what rank 0 saved for everyone), one ``rank-XXXXX.safetensors`` per rank
+(that rank's own state: RNG states, ...), whatever an ``extra_writer`` adds (e.g. LoRA weights in the diffusers
+layout), and, written last, a ``COMPLETE`` marker: JSON with the step, the number of ranks and the size and SHA-256
+of every file. State files are safetensors with a JSON skeleton (:mod:`~fastgrpo.train.storage.state_files`):
+loading one never unpickles anything. A checkpoint counts only when its marker parses and every listed file has the
+listed size; it is loaded only when every file also matches its checksum. A process killed at any point leaves the
+previous checkpoints untouched and at most an interrupted write, which is removed (logged); a checkpoint damaged
+after it was written is moved aside, never deleted (:mod:`~fastgrpo.train.storage.checkpoint_dir`).
 
 The write protocol (every rank calls :meth:`CheckpointManager.save` with the same step):
 
 1. rank 0 creates ``.tmp-step-XXXXXXXX`` (removing a stale one of the same step); barrier;
 2. every rank writes its rank file into it (temporary file, fsync, rename); barrier;
-3. rank 0 writes ``shared.pt`` and the extras, fsyncs them, renames the directory to ``step-XXXXXXXX``, fsyncs
-   the parent, writes ``COMPLETE`` atomically and prunes old checkpoints; barrier.
+3. rank 0 writes ``shared.safetensors`` and the extras, fsyncs them, reads them back for their SHA-256, renames
+   the directory to ``step-XXXXXXXX``, fsyncs the parent, writes ``COMPLETE`` atomically and prunes old
+   checkpoints; barrier.
 
 Only rank 0 deletes or renames anything. Errors are held until every rank has passed the three barriers, so a
 failure on one rank never leaves the others waiting, and every rank then raises.
@@ -24,13 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import operator
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from fastgrpo.train.storage.checkpoint_dir import (
     MARKER,
@@ -38,13 +40,14 @@ from fastgrpo.train.storage.checkpoint_dir import (
     CheckpointDirectory,
     _files_under,
     _fsync_tree,
-    _leftover_step,
     _remove_tree,
+    file_sha256,
     logger,
     rank_file_name,
     step_dir_name,
 )
-from fastgrpo.train.storage.files import atomic_torch_save, atomic_write_bytes, fix_hint, fsync_dir, os_error_in
+from fastgrpo.train.storage.files import atomic_write_bytes, fix_hint, fsync_dir, os_error_in
+from fastgrpo.train.storage.state_files import StateFileError, load_state, state_bytes
 
 __all__ = [
     "MARKER",
@@ -165,11 +168,19 @@ class CheckpointManager(CheckpointDirectory):
             raise failure
         reason = os_error.strerror or str(os_error)
         where = f" ({os_error.filename})" if os_error.filename else ""
-        hint = fix_hint(os_error, space="lower `keep` (logging.keep_checkpoints)", elsewhere="logging.output_dir")
+        hint = fix_hint(os_error, space=self._space_needed(), elsewhere="logging.output_dir")
         raise CheckpointError(
             f"could not write checkpoint {final} on rank {self.rank}: {reason}{where}. {self._intact_sentence()} "
             f"To fix: {hint}."
-        ) from failure
+        ) from None
+
+    def _space_needed(self) -> str:
+        """How much room a checkpoint takes and how much there is: the hint of a full disk."""
+        newest = self.latest()
+        size = sum(f.stat().st_size for f in _files_under(newest)) if newest is not None else 0
+        free = shutil.disk_usage(self.directory).free if self.directory.exists() else 0
+        needed = f"a checkpoint takes about {size / 2**20:.1f} MiB, " if size else ""
+        return f"{needed}{free / 2**20:.1f} MiB are free; or lower logging.keep_checkpoints"
 
     def _begin(self, step: int) -> None:
         """Phase 1 (rank 0): create a fresh temporary directory for ``step``."""
@@ -190,7 +201,7 @@ class CheckpointManager(CheckpointDirectory):
                 f"failed to prepare it (its error says why), or the ranks do not see the same directory (use a "
                 f"shared file system for the checkpoint directory). {self._intact_sentence()}"
             )
-        atomic_torch_save(per_rank, tmp / rank_file_name(self.rank))
+        atomic_write_bytes(tmp / rank_file_name(self.rank), state_bytes(per_rank))
 
     def _finish(self, step: int, shared: dict[str, Any], extra_writer: Callable[[Path], None] | None) -> Path:
         """Phase 3 (rank 0): shared state and extras, rename into place, ``COMPLETE``, pruning."""
@@ -204,23 +215,29 @@ class CheckpointManager(CheckpointDirectory):
                 f"checkpoint {final} was not written: rank(s) {missing} did not write their state (their errors say "
                 f"why; every rank must call save with the same step). {self._intact_sentence()}"
             )
-        atomic_torch_save(shared, tmp / SHARED_FILE)
+        atomic_write_bytes(tmp / SHARED_FILE, state_bytes(shared))
         if extra_writer is not None:
             extra_writer(tmp)
         _fsync_tree(tmp)
-        files = {path.relative_to(tmp).as_posix(): path.stat().st_size for path in _files_under(tmp)}
+        files = {  # read back after the fsync: the checksum is of what the file system holds
+            path.relative_to(tmp).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in _files_under(tmp)
+        }
         files.pop(MARKER, None)  # an extra_writer must not forge the marker; it is written below
 
         old = self._old_dir(step)
         replaced = False
         if final.exists() or final.is_symlink():
-            if self._problem(final, step) is None:
+            problem = self._problem(final, step)
+            if problem is None:
                 if old.exists():
                     _remove_tree(old)  # a stale copy of this step; the complete one is in `final`
                 final.rename(old)
                 replaced = True
+            elif (final / MARKER).exists():
+                self.move_aside(final, problem)
             else:
-                _remove_tree(final)
+                _remove_tree(final)  # an interrupted write of this step: nothing in it was vouched for
         tmp.rename(final)
         fsync_dir(self.directory)
         marker = {
@@ -257,47 +274,63 @@ class CheckpointManager(CheckpointDirectory):
             logger.warning("could not remove %s after a failed save (%s); clean_incomplete() retries", tmp, exc)
 
     def _prune(self, step: int) -> None:
-        """After saving ``step``: drop complete checkpoints beyond ``keep`` and leftovers older than ``step``.
-        Failures are logged, not raised: the new checkpoint is already complete."""
-        complete, incomplete = self._scan()
-        doomed = [path for path_step, path, _ in incomplete if path_step < step]
-        for path in self._leftovers():
-            if _leftover_step(path) < step:
-                doomed.append(path)
-        if self.keep is not None:
-            keep = {path for _, path in complete[-self.keep :]} | {self.path_for(step)}
-            doomed.extend(path for _, path in complete if path not in keep)
-        for path in doomed:
+        """After saving ``step``: drop complete checkpoints beyond ``keep``, tidy what older saves left
+        (:meth:`clean_incomplete`). Failures are logged, not raised: the new checkpoint is already complete."""
+        try:
+            self.clean_incomplete(older_than=step)
+        except OSError as exc:
+            logger.warning("could not tidy %s (%s); the next run's start retries", self.directory, exc)
+        complete, _ = self._scan()
+        if self.keep is None:
+            return
+        keep = {path for _, path in complete[-self.keep :]} | {self.path_for(step)}
+        for _, path in complete:
+            if path in keep:
+                continue
             try:
                 _remove_tree(path)
             except OSError as exc:
-                logger.warning("could not remove old checkpoint data %s (%s); delete it by hand", path, exc)
+                logger.warning("could not remove old checkpoint %s (%s); delete it by hand", path, exc)
 
     # ------------------------------------------------------------------ loading
 
-    def load(
-        self, path: str | Path | None = None, *, map_location: str | torch.device = "cpu"
-    ) -> LoadedCheckpoint | None:
-        """Load a checkpoint: ``path``, or the newest complete one when ``None`` (then ``None`` if there is none).
+    def load(self, path: str | Path | None = None) -> LoadedCheckpoint | None:
+        """Load a checkpoint: ``path``, or the newest intact one when ``None`` (then ``None`` if there is none).
+        Every rank calls it. Every file is checked against the checksum written with it first.
+
+        Without ``path``, a checkpoint that fails the check is skipped with a warning naming the file and the
+        reason, moved aside by rank 0 (:meth:`move_aside`), and the next older one is tried: every rank reaches
+        the same verdicts (they read the same files), and rank 0 moves anything only after all ranks have looked.
 
         Raises:
-            CheckpointError: ``path`` is not a complete checkpoint, it was written by another number of ranks, or
-                a file in it cannot be read.
+            CheckpointError: ``path`` is not an intact checkpoint, it was written by another number of ranks, or
+                its state cannot be read (the message names the checkpoint and the fix).
         """
-        if path is None:
-            found = self.latest()
-            if found is None:
-                return None
-            path = found
-        else:
+        if path is not None:
             path = Path(path)
-            problem = self._problem(path)
+            problem = self.verify(path)
             if problem is not None:
                 raise CheckpointError(
-                    f"checkpoint {path} is incomplete or corrupt ({problem}), probably interrupted while being "
-                    f"written. {self._intact_sentence()} Load that one instead (or pass path=None for the newest "
-                    f"complete checkpoint)."
+                    f"checkpoint {path} cannot be trusted ({problem}). {self._intact_sentence()} Load that one "
+                    "instead (or pass path=None for the newest intact checkpoint)."
                 )
+            return self._read(path)
+        chosen, damaged = None, []
+        for candidate in reversed(self.complete()):
+            problem = self.verify(candidate)
+            if problem is None:
+                chosen = candidate
+                break
+            damaged.append((candidate, problem))
+        self._barrier()  # every rank has read the files before rank 0 moves any
+        for candidate, problem in damaged:
+            logger.warning("not resuming from %s: %s", candidate, problem)
+            if self.rank == 0:
+                self.move_aside(candidate, problem)
+        self._barrier()
+        return None if chosen is None else self._read(chosen)
+
+    def _read(self, path: Path) -> LoadedCheckpoint:
         marker = self._read_marker(path)
         step, world_size = marker["step"], marker["world_size"]
         if world_size != self.world_size:
@@ -306,16 +339,13 @@ class CheckpointManager(CheckpointDirectory):
                 f"the same number of processes ({world_size}), or start a fresh run in another directory"
             )
         try:
-            shared = torch.load(path / SHARED_FILE, map_location=map_location, weights_only=False)
-            rank_state = torch.load(path / rank_file_name(self.rank), map_location=map_location, weights_only=False)
-        except Exception as exc:
-            older = [p for p in self.complete() if p != path]
-            fallback = f"the previous complete checkpoint is {older[-1]}" if older else "there is no other checkpoint"
+            shared = load_state(path / SHARED_FILE)
+            rank_state = load_state(path / rank_file_name(self.rank))
+        except (StateFileError, OSError) as exc:
             raise CheckpointError(
-                f"cannot read checkpoint {path} on rank {self.rank} ({type(exc).__name__}: {exc}); its files have the "
-                f"right sizes, so they were damaged after writing. Delete it to resume from an older one "
-                f"({fallback})."
-            ) from exc
+                f"cannot read checkpoint {path} on rank {self.rank}: {exc}. Its files match their checksums, so it "
+                "was written by another program or version; resume from another checkpoint or start a fresh run"
+            ) from None
         return LoadedCheckpoint(path=path, step=step, shared=shared, rank_state=rank_state)
 
 

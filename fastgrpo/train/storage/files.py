@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -99,14 +100,23 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     fsync_dir(target.parent)
 
 
+_RUST_OS_ERROR = re.compile(r"^(?P<reason>.*?)\s*\(os error (?P<errno>\d+)\)\s*$")
+
+
 def os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc``: itself, or one in its cause/context chain (torch's writer reports a failed
-    ``write`` as a RuntimeError raised while the OSError was being handled)."""
+    """The OSError behind ``exc``: itself, one in its cause/context chain (torch's writer reports a failed ``write``
+    as a RuntimeError raised while the OSError was being handled), or the one a Rust library reports in its message
+    (safetensors: ``SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')``),
+    rebuilt with its errno."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError):
             return current
+        match = _RUST_OS_ERROR.match(str(current).strip())
+        if match is not None:
+            code = int(match.group("errno"))
+            return OSError(code, os.strerror(code))
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

@@ -147,7 +147,18 @@ def wandb_offline(monkeypatch, tmp_path):
     assert _children_named("wandb") == [], "the W&B service process outlived wandb.teardown()"
 
 
-def _records(path: Path) -> list[Any]:
+def _records(path: Path, timeout_s: float = 20.0) -> list[Any]:
+    """The records of a finished W&B run file, once W&B's service has written them: ``run.finish()`` can return
+    before the service flushed the file, so this waits (up to ``timeout_s``) for the run's ``exit`` record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = _parse_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def _parse_records(path: Path) -> list[Any]:
     """The protobuf records of a W&B run file (``run-ID.wandb``): W&B writes them in the LevelDB log format (32 KiB
     blocks of chunks with a 7-byte header: CRC, little-endian length, chunk type) after a 7-byte file header."""
     from wandb.proto import wandb_internal_pb2
@@ -211,7 +222,9 @@ def test_wandb_offline_logs_the_rows_and_resumes_the_same_run(wandb_offline, run
     assert sent_config["sampler"] == {"group_size": 4}
     assert json.loads((run_dir.path / WANDB_STATE_FILENAME).read_text())["last_step"] == 2
 
-    # a resumed process: same W&B run; the steps W&B already holds are skipped, the new ones sent
+    # a resumed process: same W&B run; the steps W&B already holds are skipped, the new ones sent. (W&B names an
+    # offline run's folder by the second it started: a resume within the same second would share the folder.)
+    time.sleep(1.05)
     notices: list[str] = []
     again = WandbSink(run_dir, config, project="fastgrpo-test", log=notices.append)
     assert again.run_id == run_id

@@ -18,6 +18,7 @@ from fastgrpo.models.lora import read_lora
 from fastgrpo.train.config import load_config
 from fastgrpo.train.loop import Trainer
 from fastgrpo.train.parallel.fsdp import check_lockstep_evaluation
+from fastgrpo.train.storage.state_files import load_state
 
 COMMON = [
     "sampler.group_size=2",
@@ -154,7 +155,7 @@ def test_fsdp_ranks_equal_one_unsharded_process_and_resume_exactly(tmp_path: Pat
     # the checkpoint holds whole tensors: its LoRA equals the gathered one, its lora/ file the EMA (as the unsharded
     # run's checkpoint does)
     checkpoint = tmp_path / "two" / "checkpoints" / "step-00000001"
-    shared = torch.load(checkpoint / "shared.pt", weights_only=False)
+    shared = load_state(checkpoint / "shared.safetensors")
     for name, tensor in saved["lora"].items():
         assert torch.equal(shared["policy"]["lora"][name], tensor)
     written, _config = read_lora(checkpoint / "lora")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import pytest
 import torch
 
 from fastgrpo.train.storage import checkpoints as ckpt
+from fastgrpo.train.storage import files
 from fastgrpo.train.storage.checkpoints import CheckpointError, CheckpointManager, LoadedCheckpoint
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
@@ -70,7 +75,11 @@ def test_round_trip_is_bit_exact(tmp_path):
     optimizer.load_state_dict(loaded.shared["optimizer"])  # usable as an optimiser state
     marker = json.loads((path / "COMPLETE").read_text())
     assert marker["step"] == 100 and marker["world_size"] == 1
-    assert marker["files"] == {name: (path / name).stat().st_size for name in ("rank-00000.pt", "shared.pt")}
+    names = ("rank-00000.safetensors", "shared.safetensors")
+    assert sorted(marker["files"]) == sorted(names)
+    for name in names:
+        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        assert marker["files"][name] == {"bytes": (path / name).stat().st_size, "sha256": digest}
     assert not list((tmp_path / "ckpt").glob(".*"))  # nothing temporary left
 
 
@@ -88,7 +97,7 @@ def test_extra_writer_files_are_inside_and_listed(tmp_path):
     path = _save(CheckpointManager(tmp_path), 5, extra_writer=write_lora)
     assert (path / "lora" / "pytorch_lora_weights.safetensors").read_bytes() == b"x" * 37
     files = json.loads((path / "COMPLETE").read_text())["files"]
-    assert files["lora/pytorch_lora_weights.safetensors"] == 37
+    assert files["lora/pytorch_lora_weights.safetensors"]["bytes"] == 37
     # A truncated extra file makes the checkpoint incomplete too.
     (path / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
     assert CheckpointManager(tmp_path).latest() is None
@@ -118,19 +127,19 @@ def test_steps_beyond_eight_digits_sort_numerically(tmp_path):
 def _leftover_tmp(root: Path) -> None:
     tmp = root / ".tmp-step-00000002"
     tmp.mkdir()
-    (tmp / "rank-00000.pt").write_bytes(b"partial")
+    (tmp / "rank-00000.safetensors").write_bytes(b"partial")
 
 
 def _leftover_without_marker(root: Path) -> None:
     step = root / "step-00000002"
     step.mkdir()
-    (step / "shared.pt").write_bytes(b"partial")
+    (step / "shared.safetensors").write_bytes(b"partial")
 
 
 def _leftover_truncated(root: Path) -> None:
     path = _save(CheckpointManager(root, keep=None), 2)
-    data = (path / "rank-00000.pt").read_bytes()
-    (path / "rank-00000.pt").write_bytes(data[: len(data) // 2])
+    data = (path / "rank-00000.safetensors").read_bytes()
+    (path / "rank-00000.safetensors").write_bytes(data[: len(data) // 2])
 
 
 def _leftover_bad_json(root: Path) -> None:
@@ -138,40 +147,112 @@ def _leftover_bad_json(root: Path) -> None:
     (path / "COMPLETE").write_text('{"step": 2, "world_')
 
 
-LEFTOVERS = {
-    "tmp_dir": _leftover_tmp,
-    "no_marker": _leftover_without_marker,
-    "truncated_rank_file": _leftover_truncated,
-    "invalid_json_marker": _leftover_bad_json,
-}
+def _overwritten_in_place(root: Path) -> None:
+    path = _save(CheckpointManager(root, keep=None), 2)
+    data = bytearray((path / "shared.safetensors").read_bytes())
+    data[-8:] = b"\xff" * 8  # same size, other bytes: only the checksum sees it
+    (path / "shared.safetensors").write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("make_leftover", LEFTOVERS.values(), ids=LEFTOVERS.keys())
-def test_interrupted_writes_are_ignored_and_cleaned(tmp_path, caplog, make_leftover):
+INTERRUPTED = {"tmp_dir": _leftover_tmp, "no_marker": _leftover_without_marker}
+DAMAGED = {"truncated_rank_file": _leftover_truncated, "invalid_json_marker": _leftover_bad_json}
+LEFTOVERS = {**INTERRUPTED, **DAMAGED}
+
+
+@pytest.mark.parametrize("make_leftover", INTERRUPTED.values(), ids=INTERRUPTED.keys())
+def test_interrupted_writes_are_ignored_and_removed_with_a_log_line(tmp_path, caplog, make_leftover):
     manager = CheckpointManager(tmp_path, keep=None)
     first = _save(manager, 1)
     make_leftover(tmp_path)
-
     with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
         reader = CheckpointManager(tmp_path, keep=None)
         assert reader.latest() == first
         loaded = reader.load()
-    assert loaded.path == first and loaded.step == 1 and torch.equal(loaded.shared["weights"], torch.ones(3))
-    if make_leftover is not _leftover_tmp:
-        assert "ignoring incomplete checkpoint" in caplog.text and "interrupted while being written" in caplog.text
-
-    removed = reader.clean_incomplete()
+        assert loaded.path == first and loaded.step == 1 and torch.equal(loaded.shared["weights"], torch.ones(3))
+        if make_leftover is _leftover_without_marker:
+            assert "interrupted while being written" in caplog.text
+        removed = reader.clean_incomplete()
     assert [p.name for p in removed] == [".tmp-step-00000002" if make_leftover is _leftover_tmp else "step-00000002"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
+    assert f"removed {removed[0]}" in caplog.text
+
+
+@pytest.mark.parametrize("make_leftover", [*DAMAGED.values(), _overwritten_in_place],
+                         ids=[*DAMAGED.keys(), "overwritten_in_place"])  # fmt: skip
+def test_a_damaged_checkpoint_is_skipped_with_a_warning_and_moved_aside_never_deleted(tmp_path, caplog, make_leftover):
+    manager = CheckpointManager(tmp_path, keep=None)
+    first = _save(manager, 1)
+    make_leftover(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        loaded = CheckpointManager(tmp_path, keep=None).load()  # resume falls back to the newest intact one
+    assert loaded.path == first and torch.equal(loaded.shared["weights"], torch.ones(3))
+    if make_leftover is not _overwritten_in_place:  # found by the sizes when listing, without reading
+        CheckpointManager(tmp_path, keep=None).clean_incomplete()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt-step-00000002", "step-00000001"]
+    aside = tmp_path / "corrupt-step-00000002"
+    assert (aside / "WHY.txt").read_text().startswith("step-00000002 was moved aside:")
+    assert (aside / "shared.safetensors").is_file()  # nothing of it was deleted
+    assert "step-00000002" in caplog.text and "moved it to" in caplog.text and str(aside) in caplog.text
+    if make_leftover is _overwritten_in_place:
+        assert "shared.safetensors does not match its checksum" in caplog.text
+
+
+def test_an_explicit_load_of_a_checkpoint_changed_in_place_is_refused(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=None)
+    first = _save(manager, 1)
+    _overwritten_in_place(tmp_path)
+    with pytest.raises(CheckpointError, match=r"step-00000002 cannot be trusted \(shared.safetensors does not match"):
+        manager.load(tmp_path / "step-00000002")
+    assert manager.latest() == tmp_path / "step-00000002"  # sizes alone cannot see it
+    assert manager.load().path == first
+
+
+def test_a_checkpoint_carrying_a_pickle_is_never_unpickled(tmp_path):
+    """A pickle that would create a file when loaded, in place of the state file, with a matching checksum: the
+    checkpoint is refused and the file is never created."""
+    import pickle
+
+    manager = CheckpointManager(tmp_path / "ckpt")
+    path = _save(manager, 3)
+    witness = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (witness,))
+
+    (path / "shared.safetensors").write_bytes(pickle.dumps(Payload()))
+    marker = json.loads((path / "COMPLETE").read_text())
+    data = (path / "shared.safetensors").read_bytes()
+    marker["files"]["shared.safetensors"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "COMPLETE").write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
+        manager.load()
+    assert not witness.exists()
+
+
+def test_a_checkpoint_of_the_old_pickle_format_is_named_as_such(tmp_path):
+    step = tmp_path / "step-00000004"
+    step.mkdir()
+    (step / "shared.pt").write_bytes(b"pickle")
+    (step / "rank-00000.pt").write_bytes(b"pickle")
+    (step / "COMPLETE").write_text(json.dumps({"step": 4, "world_size": 1, "files": {"shared.pt": 6}}))
+    manager = CheckpointManager(tmp_path)
+    assert manager.load() is None
+    manager.clean_incomplete()
+    why = (tmp_path / "corrupt-step-00000004" / "WHY.txt").read_text()
+    assert "older fastgrpo as pickle files" in why and "never loads" in why
 
 
 @pytest.mark.parametrize("make_leftover", LEFTOVERS.values(), ids=LEFTOVERS.keys())
-def test_a_newer_save_prunes_leftovers(tmp_path, make_leftover):
+def test_a_newer_save_tidies_leftovers(tmp_path, make_leftover):
     manager = CheckpointManager(tmp_path, keep=None)
     _save(manager, 1)
     make_leftover(tmp_path)
     newest = _save(manager, 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000003"]
+    kept = ["step-00000001", "step-00000003"]
+    if make_leftover in DAMAGED.values():
+        kept.insert(0, "corrupt-step-00000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
     assert manager.load().path == newest
 
 
@@ -189,18 +270,22 @@ def test_loading_an_incomplete_checkpoint_explains(tmp_path):
 
 
 def _failing_after(calls: int, error: BaseException):
-    """A ``torch.save`` that works ``calls`` times, then writes some bytes and raises ``error``."""
-    real_save = torch.save
+    """``atomic_write_bytes`` that works ``calls`` times, then writes half of the file and raises ``error``."""
+    real = ckpt.atomic_write_bytes
     count = {"n": 0}
 
-    def save(obj, handle, *args, **kwargs):
+    def write(path: Path, data: bytes) -> None:
         count["n"] += 1
         if count["n"] > calls:
-            handle.write(b"half a file")
-            raise error
-        return real_save(obj, handle, *args, **kwargs)
 
-    return save
+            def half(handle) -> None:
+                handle.write(data[: len(data) // 2])
+                raise error
+
+            files.atomic_write(path, half)
+        real(path, data)
+
+    return write
 
 
 def _torch_wrapped_enospc() -> RuntimeError:
@@ -215,20 +300,65 @@ def _torch_wrapped_enospc() -> RuntimeError:
             return wrapped
 
 
+def _safetensors_enospc() -> Exception:
+    """What safetensors raises when its file cannot be written (its Rust error, not an OSError)."""
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
 @pytest.mark.parametrize("calls", [0, 1], ids=["rank_file", "shared_file"])
 @pytest.mark.parametrize("error", [ENOSPC, _torch_wrapped_enospc()], ids=["oserror", "torch_runtime_error"])
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, calls, error):
     manager = CheckpointManager(tmp_path, keep=1)
     first = _save(manager, 1)
-    monkeypatch.setattr(torch, "save", _failing_after(calls, error))
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", _failing_after(calls, error))
     with pytest.raises(CheckpointError) as info:
         _save(manager, 2)
     monkeypatch.undo()
     message = str(info.value)
     assert "step-00000002" in message and "No space left on device" in message
     assert str(first) in message and "intact" in message and "free disk space" in message
+    assert "a checkpoint takes about" in message and "MiB are free" in message
+    assert "logging.keep_checkpoints" in message and "`keep`" not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]  # no tmp dir, no temp file
     assert manager.load().path == first
+
+
+def test_disk_full_inside_safetensors_is_recognised(tmp_path):
+    """The LoRA file of a checkpoint is written by safetensors, which reports a full disk as its own error."""
+
+    def lora_on_a_full_disk(directory: Path) -> None:
+        (directory / "lora").mkdir()
+        raise _safetensors_enospc()
+
+    manager = CheckpointManager(tmp_path, keep=1)
+    first = _save(manager, 1)
+    with pytest.raises(CheckpointError) as info:
+        _save(manager, 2, extra_writer=lora_on_a_full_disk)
+    message = str(info.value)
+    assert "No space left on device" in message and "free disk space" in message and str(first) in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # one message, no chained traceback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="mounting a tmpfs needs root on Linux")
+def test_a_real_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """A small tmpfs, filled for real: the second checkpoint does not fit."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("this machine refuses to mount a tmpfs")
+    try:
+        manager = CheckpointManager(mount, keep=None)
+        first = manager.save(1, {"w": torch.zeros(40_000)}, {"r": 0})  # 160 kB
+        with pytest.raises(CheckpointError) as info:
+            manager.save(2, {"w": torch.zeros(100_000)}, {"r": 0})  # 400 kB more: does not fit
+        assert "No space left on device" in str(info.value) and "MiB are free" in str(info.value)
+        assert sorted(p.name for p in mount.iterdir()) == ["step-00000001"]
+        assert manager.load().path == first
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_permission_error_in_extra_writer(tmp_path):
@@ -265,10 +395,14 @@ def test_failed_replacement_restores_the_old_copy(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path)
     manager.save(7, {"v": torch.zeros(2)}, {"r": 0})
 
-    def no_space(path: Path, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = ckpt.atomic_write_bytes
 
-    monkeypatch.setattr(ckpt, "atomic_write_bytes", no_space)  # the COMPLETE marker cannot be written
+    def no_space(path: Path, data: bytes) -> None:
+        if path.name == "COMPLETE":  # the marker cannot be written; the state files could
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", no_space)
     with pytest.raises(CheckpointError, match="No space left on device"):
         manager.save(7, {"v": torch.ones(2)}, {"r": 1})
     monkeypatch.undo()

@@ -11,6 +11,7 @@ import torch
 
 from fastgrpo.train.storage.checkpointer import Checkpointer
 from fastgrpo.train.storage.checkpoints import CheckpointError, CheckpointManager
+from fastgrpo.train.storage.state_files import load_state
 
 
 class Part:
@@ -36,9 +37,9 @@ def test_components_are_saved_under_their_names_and_restored(tmp_path):
     a, b, r = Part(torch.arange(3.0)), Part(torch.ones(2)), Part(torch.tensor([7]))
     written = []
     path = checkpointer(tmp_path, {"a": a, "b": b}, {"rng": r}).save(4, extra_writer=lambda d: written.append(d))
-    shared = torch.load(path / "shared.pt", weights_only=False)
+    shared = load_state(path / "shared.safetensors")
     assert set(shared) == {"a", "b", "config"} and shared["config"] == {"run": "x"}
-    assert torch.load(path / "rank-00000.pt", weights_only=False) == {"rng": {"value": torch.tensor([7])}}
+    assert load_state(path / "rank-00000.safetensors") == {"rng": {"value": torch.tensor([7])}}
     assert len(written) == 1
     fresh = [Part(torch.zeros(3)), Part(torch.zeros(2)), Part(torch.zeros(1, dtype=torch.int64))]
     loaded = checkpointer(tmp_path, {"a": fresh[0], "b": fresh[1]}, {"rng": fresh[2]}).restore_latest()
