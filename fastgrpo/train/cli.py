@@ -66,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``fastgrpo train``: GRPO on the config (the built-in demo by default); resumes a run directory."""
     import logging
 
-    from fastgrpo.train.loop import TrainingError, train
+    from fastgrpo.train.errors import TrainingError, TrainingInterrupted
+    from fastgrpo.train.loop import train
     from fastgrpo.train.storage.checkpoints import CheckpointError
     from fastgrpo.train.storage.run_dir import RunDirError
 
@@ -74,6 +75,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = _load_cli_config(args)
         result = train(cfg)
+    except TrainingInterrupted as error:
+        print(f"fastgrpo train: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the loop's own handlers were installed (start-up, the first evaluation)
+        print("fastgrpo train: interrupted before training started; nothing to resume was lost", file=sys.stderr)
+        return 130
     except (ValueError, TrainingError, CheckpointError, RunDirError, FileNotFoundError) as error:
         return _fail("train", error)
     if os.environ.get("RANK", "0") == "0":
@@ -172,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand before, between or after the options (argparse's positional list ends at the
+    # first option, and parse_intermixed_args does not support sub-commands)
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return int(args.func(args))
 
 

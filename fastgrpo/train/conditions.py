@@ -201,6 +201,16 @@ class DatasetSource(ConditionSource):
         policy = BadInputPolicy(max_bad_fraction=cfg.max_bad_fraction)
         self.dataset = EditDataset(train, buckets, root=loaded.root, skipped=loaded.problems, policy=policy)
         self.eval_dataset = EditDataset(evals, buckets, root=loaded.root, policy=policy) if evals else None
+        counts = self.dataset.bucket_counts()
+        if max(counts.values(), default=0) < conditions_per_step:
+            sizes = ", ".join(f"{r}: {n}" for r, n in sorted(counts.items(), key=lambda item: -item[1]))
+            raise ValueError(
+                f"{cfg.source} is too small for one iteration: an iteration takes {conditions_per_step} conditions "
+                f"(sampler.prompts_per_step x ranks) of one resolution bucket, and the largest bucket holds "
+                f"{max(counts.values(), default=0)} training records ({sizes}; data.held_out={held} are kept for "
+                "evaluation). Lower sampler.prompts_per_step, list fewer data.resolutions (each record goes to the "
+                "bucket of its aspect ratio), lower data.held_out, or add records"
+            )
         self.sampler = GroupBatchSampler(
             self.dataset.bucket_ids, group_size=1, groups_per_rank=conditions_per_step, seed=seed
         )

@@ -139,9 +139,12 @@ def run_evaluation(
     model = build_model(cfg, ctx.device)
     weights = "base model"
     if checkpoint is not None:
+        from fastgrpo.train.storage.checkpoint_dir import CheckpointDirectory
+
         lora = str(Path(checkpoint) / "lora")
-        if not (Path(checkpoint) / "COMPLETE").is_file():
-            raise ValueError(f"{checkpoint} is not a complete checkpoint (no COMPLETE marker); pick another one")
+        problem = CheckpointDirectory(Path(checkpoint).parent).verify(Path(checkpoint))
+        if problem is not None:
+            raise ValueError(f"{checkpoint} is not an intact checkpoint ({problem}); pick another one")
     if lora is not None:
         model.load_lora(lora)
         weights = f"LoRA {lora}"

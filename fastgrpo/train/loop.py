@@ -22,6 +22,7 @@ interrupted and resumed run continues bit for bit (on one backend and device).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from fastgrpo.models.base import Condition, EditModel
 from fastgrpo.rewards.composite import CompositeReward
 from fastgrpo.train.conditions import ConditionPlan, ConditionSource, build_condition_source, encode_batch
 from fastgrpo.train.config import TrainConfig, config_to_dict
-from fastgrpo.train.errors import TrainingError
+from fastgrpo.train.errors import TrainingError, TrainingInterrupted
 from fastgrpo.train.evaluate import HeldOutEvaluation
 from fastgrpo.train.generate import RolloutGenerator, RolloutPlans
 from fastgrpo.train.graphs import TrainingGraphs
@@ -198,7 +199,11 @@ class Trainer:
                 generated.rollout, batch.num_groups, std_mode=g.adv_std, clip=g.adv_clip
             )
         failed = int((~torch.isfinite(advantages.rewards)).sum())
-        self.state.note_rewards(failed, advantages.rewards.numel(), limit=self.cfg.optim.nonfinite_limit)
+        try:
+            self.state.note_rewards(failed, advantages.rewards.numel(), limit=self.cfg.optim.nonfinite_limit)
+        except TrainingError:  # the row of the iteration that stops the run, before it stops
+            self.metrics.log({"step": step + 1, "reward_mean": math.nan, "reward_failed": failed})
+            raise
         update = self.update(step, ro, cond)
         phases, seconds = self.timer.read(), time.perf_counter() - started
         self._last = (batch, generated)
@@ -332,6 +337,8 @@ class Trainer:
                         self.log(f"stopped by {stopped} after iteration {step}; checkpoint saved. Run the same "
                                  f"command with logging.run_name={self.run_dir.path.name} to resume")  # fmt: skip
                         break
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
         finally:
             self.progress.close()
             self.generator.close()
@@ -342,6 +349,19 @@ class Trainer:
                 self._save_curve()
         self.dist.barrier()
         return self._result(stopped, last_eval)
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """The error of a second signal: no final checkpoint; what the same command resumes from."""
+        latest = self.checkpointer.manager.latest()
+        resume = (
+            f"the same command with logging.run_name={self.run_dir.path.name} resumes from {latest}"
+            if latest is not None
+            else "no checkpoint was written yet: the same command starts over"
+        )
+        return TrainingInterrupted(
+            f"stopped at once by a second signal during iteration {self.state.step + 1}, without a final "
+            f"checkpoint; {resume}"
+        )
 
     def _result(self, stopped: str | None, last_eval: float | None) -> TrainResult:
         metrics = self.run_dir.read_metrics() if self.dist.is_main else []

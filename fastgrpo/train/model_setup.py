@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +18,24 @@ from fastgrpo.train.config import TrainConfig
 from fastgrpo.train.errors import TrainingError
 from fastgrpo.train.parallel.distributed import DistContext
 
-__all__ = ["TrainedModel", "build_model", "build_trained_model"]
+__all__ = ["TrainedModel", "build_model", "build_trained_model", "check_local_path"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def check_local_path(path: str | None) -> None:
+    """``ValueError`` at once for a ``model.path`` that can only mean a local path and does not exist (absolute,
+    ``./``, ``../`` or ``~``, more than one ``/``, or a weights file), rather than letting it be tried as a hub id
+    (``org/name``) against the network."""
+    if path is None or Path(path).expanduser().exists():
+        return
+    looks_local = path.startswith(("/", "./", "../", "~", ".\\")) or path.count("/") > 1 or "\\" in path
+    looks_local = looks_local or Path(path).suffix in (".safetensors", ".bin", ".pt", ".json")
+    if looks_local:
+        raise ValueError(
+            f"model.path={path!r} does not exist (resolved: {Path(path).expanduser().resolve()}); point it at the "
+            "checkpoint directory, or use a hub id such as black-forest-labs/FLUX.1-Kontext-dev"
+        )
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> EditModel:
@@ -27,6 +43,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> EditModel:
     from fastgrpo.models.registry import load_model
 
     m = cfg.model
+    check_local_path(m.path)
     dtype = m.dtype if m.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     kwargs: dict[str, Any] = {"dtype": _DTYPES[dtype], "device": device, "attention_backend": m.attention_backend}
     if m.type == "flux_kontext" and m.guidance_scale is not None:

@@ -262,6 +262,44 @@ def test_rewards_failing_everywhere_stop_the_run(tmp_path, flaky_reward):
     cfg = small_cfg(tmp_path, components, "logging.eval_every=0", "optim.nonfinite_limit=2")
     with pytest.raises(TrainingError, match="every reward failed in 2 iterations"):
         run_trainer(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # the iteration that stops the run has its row too
+    assert rows[-1]["reward_failed"] == 8 and rows[-1]["reward_mean"] is None
+
+
+def test_a_failed_start_does_not_block_the_run_name(tmp_path, capsys):
+    bad = ["model.type=flux_kontext", f"model.path={tmp_path / 'nope'}"]
+    assert main(["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=exp", *bad]) == 2
+    assert "does not exist" in capsys.readouterr().err  # refused at once: not tried as a hub id
+    assert (tmp_path / "exp" / "config.yaml").is_file()  # the failed start wrote its config, and no more
+    assert main(["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=exp", "runtime.max_steps=1"]) == 0
+    # once the run has started, its config binds the name
+    code = main(["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=exp", "sampler.group_size=2"])
+    assert code == 1 and "holds a run with a different config" in capsys.readouterr().err
+
+
+def test_overrides_may_stand_between_options(tmp_path, capsys):
+    args = ["train", *SMALL, "--output-dir", str(tmp_path), "sampler.group_size=1"]  # the last one wins
+    assert main(args) == 2 and "sampler.group_size must be >= 2" in capsys.readouterr().err  # reached the config
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--output-dir", str(tmp_path), "--bogus", "runtime.max_steps=1"])
+    assert info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_second_signal_stops_at_once_with_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    original = Trainer.iteration
+
+    def second_signal_in_iteration_three(self, step):
+        if step == 2:
+            raise KeyboardInterrupt("SIGINT received twice")
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "iteration", second_signal_in_iteration_three)
+    args = ["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=r", "logging.save_every=1"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "stopped at once by a second signal during iteration 3, without a final checkpoint" in err
+    assert "resumes from" in err and "step-00000002" in err and "Traceback" not in err
 
 
 def test_unwritable_output_directory_is_reported_before_training(tmp_path, capsys):

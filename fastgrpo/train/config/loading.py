@@ -116,6 +116,14 @@ class TrainConfig:
                     f"fastgrpo.train.pretrain_tiny --size {self.data.synthetic_size} --out FILE`) and set "
                     "model.path=FILE"
                 )
+        rules = [name for name, entry in self.rewards.components.items() if entry.get("type") == "rules"]
+        if rules and not self.data.is_synthetic:
+            raise ValueError(
+                f"rewards.components.{rules[0]} (type rules) scores only the built-in synthetic task, but "
+                f"data.source={self.data.source!r}: configure rewards for real edits instead, e.g. "
+                "rewards.components='{clip: {type: clip, weight: 1.0, model: ViT-B-32, pretrained: FILE}}' or an "
+                "mllm_judge component (both in configs/flux_kontext.yaml; or start from that --config)"
+            )
         if self.logging.eval_every > 0 and self.data.held_out == 0:
             raise ValueError(
                 "logging.eval_every > 0 evaluates held-out data: set data.held_out > 0 or logging.eval_every=0"

@@ -77,6 +77,15 @@ class RunDir:
     def curve_path(self) -> Path:
         return self.path / "reward_curve.png"
 
+    def has_started(self) -> bool:
+        """Whether a run has trained or evaluated here: a metrics row or a checkpoint directory exists. A folder with
+        only ``config.yaml`` is a start that failed (a missing model, bad data) and binds nothing."""
+        if self.read_metrics():
+            return True
+        return self.checkpoints.is_dir() and any(
+            p.name.startswith(("step-", "corrupt-")) for p in self.checkpoints.iterdir()
+        )
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.path).free
 
@@ -135,9 +144,10 @@ class RunDir:
 def open_run_dir(cfg: Any, dist: Any) -> RunDir:
     """The run directory ``logging.output_dir / (logging.run_name or the start time)`` of ``cfg`` on every rank.
 
-    Rank 0 creates it, refuses it when it holds a run whose saved ``config.yaml`` differs from ``cfg`` in a setting
-    a resumed run may not change (:func:`~fastgrpo.train.config.config_differences`), and writes the resolved
-    config; the other ranks wait for that (``dist``: a :class:`~fastgrpo.train.parallel.distributed.DistContext`).
+    Rank 0 creates it, refuses it when it holds a run that has started (:meth:`RunDir.has_started`) whose saved
+    ``config.yaml`` differs from ``cfg`` in a setting a resumed run may not change
+    (:func:`~fastgrpo.train.config.config_differences`), and writes the resolved config; the other ranks wait for
+    that (``dist``: a :class:`~fastgrpo.train.parallel.distributed.DistContext`).
 
     Raises :class:`RunDirError` (cannot create or write) or :class:`~fastgrpo.train.errors.TrainingError` (a
     different run already lives there).
@@ -154,7 +164,7 @@ def open_run_dir(cfg: Any, dist: Any) -> RunDir:
         return RunDir(path, create=False)
     run_dir = RunDir(path)
     saved = path / "config.yaml"
-    if saved.is_file():
+    if saved.is_file() and run_dir.has_started():
         diffs = config_differences(config_to_dict(load_config(saved)), config_to_dict(cfg))
         if diffs:
             raise TrainingError(

@@ -316,3 +316,10 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
         save_resolved_config(load_config(None, ["grpo.beta=0"]), tmp_path)
     assert sorted(os.listdir(tmp_path)) == [CONFIG_FILENAME]  # no temp file left, old file untouched
     assert (tmp_path / CONFIG_FILENAME).read_text() == before
+
+
+def test_the_rule_reward_on_a_data_set_is_refused_naming_what_to_configure():
+    with pytest.raises(ValueError, match=r"rewards.components.rules \(type rules\) scores only the built-in"):
+        load_config(None, ["data.source=edits.jsonl"])
+    components = "rewards.components={clip: {type: clip, weight: 1.0, model: ViT-B-32, pretrained: /m.bin}}"
+    assert load_config(None, ["data.source=edits.jsonl", components]).data.source == "edits.jsonl"
