@@ -103,9 +103,6 @@ class Trainer:
     checkpointer: Checkpointer
 
     def __init__(self, cfg: TrainConfig, *, dist: DistContext | None = None, log: Callable[[str], None] | None = None):
-        from fastgrpo.rewards.registry import build_reward
-        from fastgrpo.train.parallel.fsdp import check_lockstep_evaluation
-
         self.cfg = cfg
         self.dist = dist or init_distributed(cfg.runtime.device, cfg.runtime.distributed_backend)
         self.device = self.dist.device
@@ -114,6 +111,19 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.run_dir = open_run_dir(cfg, self.dist)
         sinks = build_sinks(cfg.logging, self.run_dir, config_to_dict(cfg), log=self.log) if self.dist.is_main else []
+        try:
+            self._build(cfg, sinks)
+        except BaseException:  # a failed start leaves no open W&B run or file behind
+            for sink in sinks:
+                sink.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, sinks: list[Any]) -> None:
+        """The components after the run directory (see the class docstring), in an order that keeps the random
+        state of a run what it always was (the LoRA initialisation first)."""
+        from fastgrpo.rewards.registry import build_reward
+        from fastgrpo.train.parallel.fsdp import check_lockstep_evaluation
+
         trained = build_trained_model(cfg, self.dist, self.log)
         self.model = trained.model
         self.policy = Policy(self.model, trained.params, cfg.optim, self.dist, sharded=cfg.runtime.fsdp, log=self.log)
