@@ -198,6 +198,13 @@ def format_report(report: CheckReport, *, max_problems: int = 20) -> str:
             lines.append(f"    ... {report.bad - max_problems} more (--json lists all)")
         for reason in sorted(report.reasons()):
             lines.append(f"  {reason}: {REASONS[reason]}")
+    if not report.passed:
+        lines.append(
+            "  to fix: repair or re-encode the records listed above, or drop them from the data set; check --root "
+            "if image paths are missing; --max-bad-fraction (data.max_bad_fraction) raises the limit"
+            if report.usable
+            else "  to fix: no record is usable: check the data root (--root) and the column layout (--preset)"
+        )
     return "\n".join(lines)
 
 

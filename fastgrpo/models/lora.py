@@ -190,10 +190,15 @@ def read_lora(directory: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]
     path = path if path.is_file() else path / WEIGHT_NAME
     if not path.is_file():
         raise ValueError(f"no {WEIGHT_NAME} under {directory}; pass the directory that save_lora() wrote")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        names = [k for k in handle.keys() if k.startswith(_PREFIX)]  # noqa: SIM118 (safe_open is not a dict)
-        weights = {k[len(_PREFIX) :]: handle.get_tensor(k) for k in names}
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            names = [k for k in handle.keys() if k.startswith(_PREFIX)]  # noqa: SIM118 (safe_open is not a dict)
+            weights = {k[len(_PREFIX) :]: handle.get_tensor(k) for k in names}
+    except SafetensorError as error:  # never a pickle fallback: a file that is not safetensors is refused
+        raise ValueError(f"{path} is not a readable safetensors LoRA file ({error}); pass an intact LoRA") from None
     if not weights:
         raise ValueError(f"{path} holds no 'transformer.' LoRA weights; it is not a transformer LoRA of this format")
     packed = json.loads(metadata.get(_METADATA_KEY, "{}"))

@@ -78,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as error:
         print(f"fastgrpo train: {error}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:  # before the loop's own handlers were installed (start-up, the first evaluation)
-        print("fastgrpo train: interrupted before training started; nothing to resume was lost", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the loop's own handlers (start-up, the first evaluation, closing)
+        print("fastgrpo train: interrupted (SIGINT); the checkpoints already written are intact", file=sys.stderr)
         return 130
     except (ValueError, TrainingError, CheckpointError, RunDirError, FileNotFoundError) as error:
         return _fail("train", error)
@@ -191,5 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def console() -> int:
+    """The ``fastgrpo`` command: :func:`main`, then SIGINT is ignored while the interpreter exits, so that a late
+    Ctrl-C cannot print a traceback from an exit handler (a library's clean-up) after the command has finished."""
+    import signal
+
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -107,6 +107,7 @@ class Trainer:
         self.dist = dist or init_distributed(cfg.runtime.device, cfg.runtime.distributed_backend)
         self.device = self.dist.device
         self._log_fn, self.progress = log, None
+        self._finished_iterations = False  # the loop is done: a second signal now can only cut the shutdown short
         self.annotate = Annotator(cfg.profile.nvtx)
         self.timer = PhaseTimer(self.device)
         self.run_dir = open_run_dir(cfg, self.dist)
@@ -210,7 +211,8 @@ class Trainer:
             )
         failed = int((~torch.isfinite(advantages.rewards)).sum())
         try:
-            self.state.note_rewards(failed, advantages.rewards.numel(), limit=self.cfg.optim.nonfinite_limit)
+            self.state.note_rewards(failed, advantages.rewards.numel(), limit=self.cfg.optim.nonfinite_limit,
+                                    components=list(self.cfg.rewards.components))  # fmt: skip
         except TrainingError:  # the row of the iteration that stops the run, before it stops
             self.metrics.log({"step": step + 1, "reward_mean": math.nan, "reward_failed": failed})
             raise
@@ -312,66 +314,81 @@ class Trainer:
         return last_eval
 
     def run(self) -> TrainResult:
-        """Train to ``runtime.max_steps`` (resuming when the run directory has a checkpoint); returns the result."""
-        cfg, total = self.cfg, self.cfg.runtime.max_steps
+        """Train to ``runtime.max_steps`` (resuming when the run directory has a checkpoint); returns the result.
+
+        SIGTERM/SIGINT end the run after the current iteration with a checkpoint; a second signal, at any point up
+        to the return, raises :class:`~fastgrpo.train.errors.TrainingInterrupted` naming what a resume uses.
+        """
         last_eval = self._start()
+        stopped: str | None = None
+        with StopSignals() as signals:
+            try:
+                stopped, last_eval = self._loop(signals, last_eval)
+                self._finished_iterations = True
+                if stopped is None:
+                    self.export_lora()  # on every rank (FSDP gathers the LoRA first); rank 0 writes
+                    if self.dist.is_main:
+                        self._save_curve()
+                self.dist.barrier()
+                return self._result(stopped, last_eval)
+            except KeyboardInterrupt:
+                raise self._interrupted() from None
+
+    def _loop(self, signals: StopSignals, last_eval: float | None) -> tuple[str | None, float | None]:
+        """Iterations with their cadences (evaluation, rows, sample grids, checkpoints) until ``runtime.max_steps``
+        or a signal; returns ``(the signal that stopped it or None, the last evaluation reward)``."""
+        cfg, total = self.cfg, self.cfg.runtime.max_steps
         self.progress = ProgressBar(total, start=self.state.step, enabled=cfg.logging.progress and self.dist.is_main)
         profile = ProfileWindow(cfg.profile.window, self.device, memory_snapshot=cfg.profile.memory_snapshot,
                                 snapshot_path=self.run_dir.path / "memory_snapshot.pickle", log=self.log)  # fmt: skip
-        stopped = None
         try:
-            with StopSignals() as signals:
-                while self.state.step < total:
-                    profile.begin(self.state.step)
-                    reset_peak_memory(self.device)
-                    with self.annotate.range(f"iteration {self.state.step}"):
-                        row = self.iteration(self.state.step)
-                    profile.end(self.state.step)
-                    self.state.step += 1
-                    step, every = self.state.step, cfg.logging.eval_every
-                    due_eval = bool(every) and (step % every == 0 or step == total)
-                    if due_eval and self.evaluation.groups:
-                        row.update(self.evaluate())
-                        last_eval = row["eval_reward_mean"]
-                    if step % cfg.logging.log_every == 0 or due_eval or step == total:
-                        self.metrics.log(row)
-                    if self.dist.is_main and (due_eval or step == total):
-                        self._save_outputs()
-                    phases = {k[5:]: v for k, v in row.items() if k.startswith("time/") and k != "time/step"}
-                    self.progress.update(step, reward=row["reward_mean"], eval_reward=last_eval, phases=phases)
-                    stop = self.dist.any(signals.received is not None)
-                    if stop or (cfg.logging.save_every and step % cfg.logging.save_every == 0) or step == total:
-                        self.save_checkpoint()
-                    if stop:
-                        stopped = signals.received or "a signal on another rank"
-                        self.log(f"stopped by {stopped} after iteration {step}; checkpoint saved. Run the same "
-                                 f"command with logging.run_name={self.run_dir.path.name} to resume")  # fmt: skip
-                        break
-        except KeyboardInterrupt:
-            raise self._interrupted() from None
+            while self.state.step < total:
+                profile.begin(self.state.step)
+                reset_peak_memory(self.device)
+                with self.annotate.range(f"iteration {self.state.step}"):
+                    row = self.iteration(self.state.step)
+                profile.end(self.state.step)
+                self.state.step += 1
+                step, every = self.state.step, cfg.logging.eval_every
+                due_eval = bool(every) and (step % every == 0 or step == total)
+                if due_eval and self.evaluation.groups:
+                    row.update(self.evaluate())
+                    last_eval = row["eval_reward_mean"]
+                if step % cfg.logging.log_every == 0 or due_eval or step == total:
+                    self.metrics.log(row)
+                if self.dist.is_main and (due_eval or step == total):
+                    self._save_outputs()
+                phases = {k[5:]: v for k, v in row.items() if k.startswith("time/") and k != "time/step"}
+                self.progress.update(step, reward=row["reward_mean"], eval_reward=last_eval, phases=phases)
+                stop = self.dist.any(signals.received is not None)
+                if stop or (cfg.logging.save_every and step % cfg.logging.save_every == 0) or step == total:
+                    self.save_checkpoint()
+                if stop:
+                    stopped = signals.received or "a signal on another rank"
+                    self.log(f"stopped by {stopped} after iteration {step}; checkpoint saved. Run the same command "
+                             f"with logging.run_name={self.run_dir.path.name} to resume")  # fmt: skip
+                    return stopped, last_eval
+            return None, last_eval
         finally:
             self.progress.close()
             self.generator.close()
             self.metrics.close()
-        if stopped is None:
-            self.export_lora()  # on every rank (FSDP gathers the LoRA first); rank 0 writes
-            if self.dist.is_main:
-                self._save_curve()
-        self.dist.barrier()
-        return self._result(stopped, last_eval)
 
     def _interrupted(self) -> TrainingInterrupted:
-        """The error of a second signal: no final checkpoint; what the same command resumes from."""
+        """The error of a second signal: what it cut short (an iteration, or the shutdown after the last
+        checkpoint), and what the same command resumes from."""
         latest = self.checkpointer.manager.latest()
         resume = (
             f"the same command with logging.run_name={self.run_dir.path.name} resumes from {latest}"
             if latest is not None
             else "no checkpoint was written yet: the same command starts over"
         )
-        return TrainingInterrupted(
-            f"stopped at once by a second signal during iteration {self.state.step + 1}, without a final "
-            f"checkpoint; {resume}"
-        )
+        done = self.state.step
+        if self._finished_iterations:
+            what = f"a second signal cut the shutdown short after the checkpoint of iteration {done}"
+        else:
+            what = f"stopped at once by a second signal during iteration {done + 1}, without a final checkpoint"
+        return TrainingInterrupted(f"{what}; {resume}")
 
     def _result(self, stopped: str | None, last_eval: float | None) -> TrainResult:
         metrics = self.run_dir.read_metrics() if self.dist.is_main else []

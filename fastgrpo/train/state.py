@@ -9,7 +9,7 @@ Everything random in an iteration is keyed by ``(seed, iteration, ...)`` through
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +44,10 @@ class TrainState:
     step: int = 0
     reward_failures_in_row: int = 0
 
-    def note_rewards(self, failed: int, total: int, *, limit: int) -> None:
+    def note_rewards(self, failed: int, total: int, *, limit: int, components: Sequence[str] = ()) -> None:
         """Count the iteration's failed rewards (``failed`` of ``total``, over all ranks); raise
-        :class:`~fastgrpo.train.errors.TrainingError` when every reward failed in ``limit`` iterations in a row."""
+        :class:`~fastgrpo.train.errors.TrainingError` when every reward failed in ``limit`` iterations in a row
+        (``components``: the configured reward components, named in the message)."""
         if failed < total:
             self.reward_failures_in_row = 0
             return
@@ -54,7 +55,8 @@ class TrainState:
         if self.reward_failures_in_row >= limit:
             raise TrainingError(
                 f"every reward failed in {self.reward_failures_in_row} iterations in a row (last: {self.step + 1}); "
-                "check the reward components (a judge server down? see the log for the reasons)"
+                f"check rewards.components ({', '.join(components) or 'none'}): a judge server down or unreachable, "
+                "a missing model file? The warnings above give each component's reasons"
             )
 
     def state_dict(self) -> dict[str, int]:

@@ -344,7 +344,8 @@ class CheckpointManager(CheckpointDirectory):
         except (StateFileError, OSError) as exc:
             raise CheckpointError(
                 f"cannot read checkpoint {path} on rank {self.rank}: {exc}. Its files match their checksums, so it "
-                "was written by another program or version; resume from another checkpoint or start a fresh run"
+                f"was written by another program or version: move it out of {self.directory} (e.g. rename it to "
+                f"corrupt-{path.name}) to resume from the checkpoint before it, or start a fresh run"
             ) from None
         return LoadedCheckpoint(path=path, step=step, shared=shared, rank_state=rank_state)
 
