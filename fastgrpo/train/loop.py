@@ -55,7 +55,7 @@ from fastgrpo.train.signals import StopSignals
 from fastgrpo.train.state import RNGState, TrainState
 from fastgrpo.train.storage.checkpointer import Checkpointer
 from fastgrpo.train.storage.checkpoints import CheckpointManager
-from fastgrpo.train.storage.files import atomic_directory, describe_os_error
+from fastgrpo.train.storage.files import atomic_directory, describe_os_error, os_error_in
 from fastgrpo.train.storage.run_dir import RunDir, RunDirError, open_run_dir
 from fastgrpo.train.update import grpo_backward, micro_step
 
@@ -259,8 +259,11 @@ class Trainer:
             try:
                 with atomic_directory(target) as tmp:
                     write_lora(tmp)
-            except OSError as error:
-                raise RunDirError(describe_os_error(error, target, "write the LoRA to")) from None
+            except Exception as error:  # safetensors reports a full disk as its own error, not an OSError
+                os_error = os_error_in(error)
+                if os_error is None:
+                    raise
+                raise RunDirError(describe_os_error(os_error, target, "write the LoRA to")) from None
         return target
 
     def _save_outputs(self) -> None:

@@ -470,3 +470,27 @@ def test_default_run_improves_the_editor_at_reduced_length(tmp_path):
     _, result = run_trainer(cfg)
     assert result.initial_eval is not None and result.final_eval is not None
     assert result.final_eval > result.initial_eval + 0.003, (result.initial_eval, result.final_eval)
+
+
+def test_a_full_disk_during_the_final_lora_export_is_one_message(tmp_path, monkeypatch, capsys):
+    """The exported LoRA is written by safetensors, whose full-disk error is not an OSError."""
+    from safetensors import SafetensorError
+
+    from fastgrpo.models.flux_kontext import FluxKontextEditModel
+
+    def full(self, directory, weights=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    args = ["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=r", "runtime.max_steps=1"]
+    real = FluxKontextEditModel.save_lora
+    calls = {"n": 0}
+
+    def second_call_fails(self, directory, weights=None):  # the checkpoint's LoRA is written first, then the export
+        calls["n"] += 1
+        return full(self, directory, weights) if calls["n"] > 1 else real(self, directory, weights)
+
+    monkeypatch.setattr(FluxKontextEditModel, "save_lora", second_call_fails)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "could not write the LoRA to" in err and "No space left on device; free disk space" in err
+    assert "Traceback" not in err and (tmp_path / "r" / "checkpoints" / "step-00000001" / "COMPLETE").is_file()
