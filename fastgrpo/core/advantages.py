@@ -15,7 +15,7 @@ run (``B`` up to a few thousand samples).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -28,6 +28,7 @@ from fastgrpo.core.containers import Rollout
 __all__ = [
     "AdvantageResult",
     "GroupKey",
+    "decoupled_advantages",
     "dense_group_ids",
     "gather_rewards",
     "group_advantages",
@@ -273,24 +274,86 @@ def rank_slice(num_local: int, *, group: dist.ProcessGroup | None = None) -> sli
     return slice(rank * num_local, (rank + 1) * num_local)
 
 
+def decoupled_advantages(
+    components: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    group_ids: torch.Tensor,
+    num_groups: int,
+    *,
+    std_mode: Literal["group", "global"] = "group",
+    clip: float | None = 5.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Advantages of several reward components, each normalised within its groups before they are combined
+    (GDPO, Liu et al. 2026, arXiv:2601.05242): ``A_k = group_advantages(R_k)`` (NaN rewards and constant groups
+    give 0, per component), ``S = sum_k w_k A_k``, then ``S`` is normalised over the batch,
+    ``(S - mean(S)) / (std(S) + eps)`` over the samples with at least one finite component, and clipped to
+    ``±clip``. Samples without any finite component get 0.
+
+    Args:
+        components: name -> ``[B]`` floating rewards (NaN = failed), every component with a non-zero weight.
+        weights: name -> weight of each component.
+        group_ids, num_groups, std_mode, eps: as in :func:`group_advantages`; clip: applied to the result.
+
+    Returns:
+        ``[B]`` float32 advantages on the rewards' device (no host synchronisation).
+
+    Raises ``ValueError`` for no components, components without a weight, or rewards of different shapes.
+    """
+    if not components:
+        raise ValueError("components is empty: pass the reward components (name -> [B] rewards)")
+    missing = sorted(set(components) - set(weights))
+    if missing:
+        raise ValueError(f"components {missing} have no weight; pass one per component")
+    shapes = {tuple(v.shape) for v in components.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"every component needs one reward per sample, got shapes {sorted(shapes)}")
+    combined, live = None, None
+    for name, rewards in components.items():
+        part = group_advantages(rewards, group_ids, num_groups, std_mode=std_mode, clip=None, eps=eps)
+        weighted = float(weights[name]) * part.advantages.double()
+        finite = torch.isfinite(rewards)
+        combined = weighted if combined is None else combined + weighted
+        live = finite if live is None else live | finite
+    assert combined is not None and live is not None
+    _, mean, std = _masked_moments(torch.where(live, combined, 0.0), live)
+    out = torch.where(live, (combined - mean) / (std + eps), 0.0)
+    if clip is not None:
+        out = out.clamp(-clip, clip)
+    return out.to(torch.float32)
+
+
 def rollout_advantages(
     rollout: Rollout,
     num_groups: int,
     *,
     std_mode: Literal["group", "global"] = "group",
     clip: float | None = 5.0,
+    aggregation: Literal["sum", "per_component"] = "sum",
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[Rollout, AdvantageResult]:
     """The group advantages of ``rollout``'s rewards, with the groups gathered over all ranks first.
 
     Args:
-        rollout: this rank's rollout, ``rewards`` scored and ``group_ids`` global (the same condition has the same
-            id on every rank).
+        rollout: this rank's rollout, ``rewards`` scored (and ``reward_components`` for ``per_component``) and
+            ``group_ids`` global (the same condition has the same id on every rank).
         num_groups: ``G``, the number of global groups.
         std_mode, clip: as in :func:`group_advantages`.
+        aggregation: ``"sum"`` (the weighted total, :func:`group_advantages`) or ``"per_component"``
+            (:func:`decoupled_advantages` of ``rollout.reward_components`` with ``weights``).
 
     Returns:
-        ``(rollout with this rank's advantages, the statistics over every rank's samples)``.
+        ``(rollout with this rank's advantages, the statistics of the total rewards over every rank's samples)``.
+
+    Raises ``ValueError`` for ``per_component`` without reward components or weights.
     """
     all_rewards, all_ids = gather_rewards(rollout.rewards, rollout.group_ids)
     result = group_advantages(all_rewards, all_ids, num_groups, std_mode=std_mode, clip=clip)
-    return replace(rollout, advantages=result.advantages[rank_slice(rollout.batch_size)]), result
+    advantages = result.advantages
+    if aggregation == "per_component":
+        if not rollout.reward_components or weights is None:
+            raise ValueError("per_component advantages need the rollout's reward_components and their weights")
+        gathered = {n: gather_rewards(v, rollout.group_ids)[0] for n, v in rollout.reward_components.items()}
+        advantages = decoupled_advantages(gathered, weights, all_ids, num_groups, std_mode=std_mode, clip=clip)
+        result = replace(result, advantages=advantages)
+    return replace(rollout, advantages=advantages[rank_slice(rollout.batch_size)]), result

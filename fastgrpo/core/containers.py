@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
@@ -46,6 +47,8 @@ class Rollout:
         trained: the steps the update trains, in the order it trains them; a subset of ``sde_steps`` (all of
             them by default).
         advantages: ``[B]`` float32 or ``None`` until :func:`~fastgrpo.core.advantages.group_advantages` ran.
+        reward_components: name -> ``[B]`` float32 rewards of each weighted reward component (NaN where it
+            failed), or ``None``; per-component advantages normalise them one by one.
 
     ``sde_steps`` and ``trained`` are host tuples, so the update never reads the device to know its steps.
     """
@@ -58,6 +61,7 @@ class Rollout:
     sde_steps: tuple[int, ...]
     trained: tuple[int, ...] | None = None
     advantages: torch.Tensor | None = None
+    reward_components: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.sde_steps = tuple(self.sde_steps)
@@ -118,6 +122,13 @@ class Rollout:
                 value.device == latents.device,
                 f"Rollout.{name} is on {value.device} but latents on {latents.device}; use rollout.to(device)",
             )
+        for name, value in (self.reward_components or {}).items():
+            _require(
+                isinstance(value, torch.Tensor) and tuple(value.shape) == (batch,) and value.dtype == torch.float32
+                and value.device == latents.device,
+                f"Rollout.reward_components[{name!r}] must be float32 [B={batch}] on {latents.device}, got "
+                f"{_describe(value)}",
+            )  # fmt: skip
         sde = self.sde_steps
         _require(
             all(isinstance(k, int) and 0 <= k < steps for k in sde) and list(sde) == sorted(set(sde)),
@@ -133,10 +144,14 @@ class Rollout:
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Rollout:
         """A copy with every tensor on ``device`` (dtypes unchanged)."""
-        moved = {}
+        moved: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=non_blocking)
+            elif isinstance(value, dict):
+                value = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+            moved[f.name] = value
         return Rollout(**moved)
 
     def select(self, index: torch.Tensor | slice) -> Rollout:
@@ -145,7 +160,9 @@ class Rollout:
         A bool mask or index tensor gives a data-dependent batch size: on a GPU that costs a host sync.
         """
         per_sample = ("latents", "log_probs", "group_ids", "rewards", "advantages")
-        picked = {name: None if (v := getattr(self, name)) is None else v[index] for name in per_sample}
+        picked: dict[str, Any] = {name: None if (v := getattr(self, name)) is None else v[index] for name in per_sample}
+        if self.reward_components is not None:
+            picked["reward_components"] = {k: v[index] for k, v in self.reward_components.items()}
         return replace(self, **picked)
 
     @classmethod
@@ -172,6 +189,10 @@ class Rollout:
                 same_steps, f"rollouts[{position}] has another schedule (times/sde_steps/trained) than rollouts[0]"
             )
         with_adv = all(part.advantages is not None for part in rollouts)
+        names = [set(p.reward_components) if p.reward_components is not None else None for p in rollouts]
+        components = None
+        if all(n is not None and n == names[0] for n in names):
+            components = {k: torch.cat([p.reward_components[k] for p in rollouts]) for k in names[0]}  # type: ignore[index]
         return cls(
             latents=torch.cat([part.latents for part in rollouts]),
             log_probs=torch.cat([part.log_probs for part in rollouts]),
@@ -181,6 +202,7 @@ class Rollout:
             sde_steps=first.sde_steps,
             trained=first.trained,
             advantages=torch.cat([p.advantages for p in rollouts]) if with_adv else None,  # type: ignore[misc]
+            reward_components=components,
         )
 
 

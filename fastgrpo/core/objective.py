@@ -33,6 +33,10 @@ class GRPOConfig:
             so beta values tuned for that code base carry over).
         adv_std: normalise advantages by the std within each group (``"group"``) or over the batch (``"global"``).
         adv_clip: advantages are clipped to ``[-adv_clip, adv_clip]``.
+        adv_aggregation: how several reward components make one advantage: ``"sum"`` normalises their weighted sum
+            within each group (Flow-GRPO's way); ``"per_component"`` normalises each component within its group
+            first, sums the weighted results and normalises that sum over the batch (GDPO, Liu et al. 2026,
+            arXiv:2601.05242), so that a component with a small spread is not drowned by one with a large spread.
     """
 
     clip_low: float = 1e-4
@@ -41,6 +45,7 @@ class GRPOConfig:
     kl_form: Literal["exact", "flow_grpo"] = "exact"
     adv_std: Literal["group", "global"] = "group"
     adv_clip: float = 5.0
+    adv_aggregation: Literal["sum", "per_component"] = "sum"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_low < 1.0:
@@ -55,6 +60,8 @@ class GRPOConfig:
             raise ValueError(f"grpo.adv_std must be 'group' or 'global', got {self.adv_std!r}")
         if not self.adv_clip > 0.0:
             raise ValueError(f"grpo.adv_clip must be > 0 (e.g. 5), got {self.adv_clip!r}")
+        if self.adv_aggregation not in ("sum", "per_component"):
+            raise ValueError(f"grpo.adv_aggregation must be 'sum' or 'per_component', got {self.adv_aggregation!r}")
 
     @property
     def needs_reference(self) -> bool:

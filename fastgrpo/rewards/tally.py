@@ -52,7 +52,9 @@ class RewardTally:
 
     def __init__(self) -> None:
         self._totals: list[torch.Tensor] = []
+        self._batches: list[dict[str, torch.Tensor] | int] = []  # per batch: its values by name, or its size
         self._sums: dict[str, float] = {}
+        self._squares: dict[str, float] = {}  # sums of squares of the finite values (standard errors)
         self._counts: dict[str, float] = {}
         self._nonfinite: dict[str, int] = {}  # non-finite values of the scored batches
         self._lost = 0  # samples of the failed batches
@@ -78,6 +80,7 @@ class RewardTally:
             raise ValueError(f"size must be an integer >= 1 (the samples of the batch), got {size!r}")
         if result is None:
             self._totals.append(torch.full((size,), math.nan, dtype=torch.float32))
+            self._batches.append(size)
             self._lost += size
             self._samples += size
             return
@@ -93,15 +96,20 @@ class RewardTally:
                 "tally the batches of one reward config"
             )
         self._totals.append(total.float().cpu())
-        sums, counts = [], []
+        self._batches.append({name: value.float().cpu() for name, value in values.items()})
+        sums, counts, squares = [], [], []
         for value in values.values():
             finite = torch.isfinite(value)
-            sums.append(torch.where(finite, value, 0.0).sum().double())  # float64 holds every float32 sum exactly
+            clean = torch.where(finite, value, 0.0)
+            sums.append(clean.sum().double())  # float64 holds every float32 sum exactly
             counts.append(finite.sum().double())
-        read = torch.stack(sums + counts).tolist()
+            squares.append(clean.double().square().sum())
+        read = torch.stack(sums + counts + squares).tolist()
+        k = len(values)
         for position, name in enumerate(values):
-            count = read[len(values) + position]
+            count = read[k + position]
             self._sums[name] = self._sums.get(name, 0.0) + read[position]
+            self._squares[name] = self._squares.get(name, 0.0) + read[2 * k + position]
             self._counts[name] = self._counts.get(name, 0.0) + count
             self._nonfinite[name] = self._nonfinite.get(name, 0) + size - int(count)
         self._samples += size
@@ -135,6 +143,28 @@ class RewardTally:
     def means(self) -> dict[str, float]:
         """Name -> mean of the finite values (``sum / count``); NaN for a name without any finite value."""
         return {name: self._sums[name] / self._counts[name] if self._counts[name] else math.nan for name in self.names}
+
+    def stderrs(self) -> dict[str, float]:
+        """Name -> standard error of the mean of the finite values, ``sqrt(var / count)`` with the population
+        variance (the spread of a held-out score: what a change of the mean must exceed to be more than noise);
+        NaN for fewer than two values."""
+        out = {}
+        for name in self.names:
+            n = self._counts[name]
+            if n < 2:
+                out[name] = math.nan
+                continue
+            mean = self._sums[name] / n
+            out[name] = math.sqrt(max(self._squares[name] / n - mean * mean, 0.0) / n)
+        return out
+
+    def values(self, name: str) -> torch.Tensor:
+        """``[N]`` float32 on the CPU: the per-sample values of ``name`` on this rank, in the order added (NaN where
+        not scored, and for every sample of a failed batch); ``KeyError`` for a name no batch had."""
+        if name not in self._sums:
+            raise KeyError(f"no batch had the reward {name!r}; the names are {self.names}")
+        parts = [b[name] if isinstance(b, dict) else torch.full((b,), math.nan) for b in self._batches]
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def failed(self) -> dict[str, int]:
         """Name -> this rank's samples without a finite value: the non-finite values of its scored batches plus
@@ -172,4 +202,7 @@ class RewardTally:
         values = reduced.detach().to("cpu", torch.float64).tolist()
         self._sums = dict(zip(names, values[: len(names)], strict=True))
         self._counts = dict(zip(names, values[len(names) :], strict=True))
+        # the squares in a second reduction, so that the sums' reduction (and the means) stay as they always were
+        squares = reduce_sum(torch.tensor([self._squares[n] for n in names], dtype=torch.float64))
+        self._squares = dict(zip(names, squares.detach().to("cpu", torch.float64).tolist(), strict=True))
         self._reduced = True

@@ -248,3 +248,35 @@ def test_gather_across_two_ranks(tmp_path: Path) -> None:
         assert got["ids"].tolist() == [0, 1, 2, 0, 1, 2]
         sign = -1.0 if rank == 0 else 1.0
         torch.testing.assert_close(got["local"], torch.tensor([sign, 0.0, sign]) / 1.0002, rtol=1e-5, atol=0)
+
+
+def test_decoupled_advantages_weigh_every_component_by_its_own_spread() -> None:
+    from fastgrpo.core.advantages import decoupled_advantages
+
+    ids = torch.tensor([0, 0, 0, 0])
+    small = torch.tensor([0.0, 0.1, 0.0, 0.1])  # a reward with a tenth...
+    big = torch.tensor([0.0, 0.0, 10.0, 10.0])  # ... of the other's spread (x100 here)
+    weights = {"small": 1.0, "big": 1.0}
+    out = decoupled_advantages({"small": small, "big": big}, weights, ids, 1, clip=None)
+    summed = group_advantages(small + big, ids, 1, clip=None).advantages
+    # decoupled: the small component moves the advantage as much as the big one; summed: it barely counts
+    assert float(out[1] - out[0]) == pytest.approx(float(out[2] - out[0]), rel=5e-3)  # eps of each group std
+    assert float(summed[1] - summed[0]) < 0.02 * float(summed[2] - summed[0])
+    assert float(out.mean()) == pytest.approx(0.0, abs=1e-6) and float(out.std(unbiased=False)) == pytest.approx(
+        1.0, rel=1e-3
+    )
+
+
+def test_decoupled_advantages_mask_each_component_on_its_own() -> None:
+    from fastgrpo.core.advantages import decoupled_advantages
+
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    a = torch.tensor([1.0, 0.0, NAN, 1.0, 0.0, 0.5])
+    b = torch.tensor([NAN, NAN, NAN, 0.2, 0.2, 0.2])  # failed in group 0 (a's sample 2 as well), constant in 1
+    out = decoupled_advantages({"a": a, "b": b}, {"a": 1.0, "b": 0.5}, ids, 2)
+    assert out[2] == 0.0  # no finite component at all
+    assert bool(torch.isfinite(out).all()) and float(out[0]) > 0 > float(out[1])
+    single = decoupled_advantages({"a": a}, {"a": 1.0}, ids, 2)
+    torch.testing.assert_close(out, single)  # a constant or failed component adds nothing
+    with pytest.raises(ValueError, match="no weight"):
+        decoupled_advantages({"a": a}, {}, ids, 2)

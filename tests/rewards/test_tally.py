@@ -126,7 +126,8 @@ def test_all_reduce_over_two_identical_ranks() -> None:
     tally.add(results[0], 9)
     tally.add(None, 4)
     tally.add(results[1], 4)
-    before = {"sums": tally.sums(), "counts": tally.counts(), "means": tally.means(), "failed": tally.failed()}
+    before = {"sums": tally.sums(), "counts": tally.counts(), "means": tally.means(), "failed": tally.failed(),
+              "stderrs": tally.stderrs()}  # fmt: skip
     totals = tally.totals()
     sent: list[torch.Tensor] = []
 
@@ -136,7 +137,8 @@ def test_all_reduce_over_two_identical_ranks() -> None:
 
     tally.all_reduce(two_ranks)
     names = sorted(before["sums"])
-    (packed,) = sent
+    packed, squares = sent  # the sums and counts first (as the evaluation always packed them), then the squares
+    assert squares.shape == (len(names),)
     layout = [before["sums"][n] for n in names] + [before["counts"][n] for n in names]  # as the evaluation packs
     assert packed.dtype == torch.float64 and torch.equal(packed, torch.tensor(layout, dtype=torch.float64))
     assert tally.sums() == {n: 2 * v for n, v in before["sums"].items()}
@@ -144,6 +146,9 @@ def test_all_reduce_over_two_identical_ranks() -> None:
     means = tally.means()
     assert math.isnan(means.pop("broken")) and math.isnan(before["means"].pop("broken"))
     assert means == before["means"]
+    for name, error in tally.stderrs().items():  # twice the samples, the same spread: the error shrinks by sqrt(2)
+        if not math.isnan(before["stderrs"][name]):
+            assert error == pytest.approx(before["stderrs"][name] / math.sqrt(2))
     assert tally.failed() == before["failed"] and torch.equal(bits(tally.totals()), bits(totals))  # this rank's
     with pytest.raises(RuntimeError, match="already called"):
         tally.all_reduce(two_ranks)
@@ -168,3 +173,18 @@ def test_bad_input_names_the_problem() -> None:
         tally.add(scored(0, 4), 4)
     with pytest.raises(ValueError, match="shape"):
         tally.all_reduce(lambda t: t[:1])
+
+
+def test_standard_errors_and_per_sample_values_follow_the_batches() -> None:
+    tally = RewardTally()
+    first, second = scored(6, 3), scored(7, 4)
+    tally.add(first, 3)
+    tally.add(None, 2)
+    tally.add(second, 4)
+    total = torch.cat([first.total(), torch.full((2,), math.nan), second.total()])
+    torch.testing.assert_close(tally.values("total"), total, equal_nan=True)
+    finite = total[torch.isfinite(total)].double()
+    expected = float(finite.std(unbiased=False) / math.sqrt(finite.numel()))
+    assert tally.stderrs()["total"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(KeyError, match="no batch had"):
+        tally.values("nothing")

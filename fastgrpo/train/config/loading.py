@@ -26,6 +26,7 @@ from fastgrpo.core.objective import GRPOConfig
 from fastgrpo.core.sde import SDEConfig
 from fastgrpo.train.config.sections import (
     DataConfig,
+    EvalConfig,
     LoggingConfig,
     LoRAConfig,
     ModelConfig,
@@ -54,7 +55,8 @@ CONFIG_FILENAME = "config.yaml"
 #: settings a resumed run may change: its length, logging, and how (not what) it computes
 RESUMABLE_CHANGES = (
     "runtime.max_steps", "logging.", "profile.", "runtime.device", "runtime.kernel_backend", "runtime.compile",
-    "runtime.cuda_graphs", "model.attention_backend",
+    "runtime.cuda_graphs", "model.attention_backend", "eval.patience", "eval.alarm_sigmas",
+    "eval.stop_on_overoptimisation", "eval.report_conditions",
 )  # fmt: skip
 
 
@@ -74,6 +76,7 @@ class TrainConfig:
         runtime: device, seed, iterations, compile, CUDA graphs, distribution (:class:`RuntimeConfig`).
         logging: run directory and cadences (:class:`LoggingConfig`).
         profile: profiling window, NVTX, memory snapshot (:class:`ProfileConfig`).
+        eval: the gold reward, best checkpoint, over-optimisation alarm, report (:class:`EvalConfig`).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -87,6 +90,7 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -116,10 +120,13 @@ class TrainConfig:
                     f"fastgrpo.train.pretrain_tiny --size {self.data.synthetic_size} --out FILE`) and set "
                     "model.path=FILE"
                 )
-        rules = [name for name, entry in self.rewards.components.items() if entry.get("type") == "rules"]
+        gold = self.eval.gold
+        rules = [f"rewards.components.{n}" for n, e in self.rewards.components.items() if e.get("type") == "rules"]
+        rules += [f"eval.rewards.components.{n}" for n, e in (gold.components if gold else {}).items()
+                  if e.get("type") == "rules"]  # fmt: skip
         if rules and not self.data.is_synthetic:
             raise ValueError(
-                f"rewards.components.{rules[0]} (type rules) scores only the built-in synthetic task, but "
+                f"{rules[0]} (type rules) scores only the built-in synthetic task, but "
                 f"data.source={self.data.source!r}: configure rewards for real edits instead, e.g. "
                 "rewards.components='{clip: {type: clip, weight: 1.0, model: ViT-B-32, pretrained: FILE}}' or an "
                 "mllm_judge component (both in configs/flux_kontext.yaml; or start from that --config)"

@@ -6,6 +6,7 @@ sections live in :class:`fastgrpo.train.config.TrainConfig`. The SDE and GRPO se
 data presets) are imported inside the checks that need them, so importing this module stays cheap.
 """
 
+from fastgrpo.train.config.sections.evaluation import EvalConfig
 from fastgrpo.train.config.sections.method import OptimConfig, RewardsConfig, SamplerConfig
 from fastgrpo.train.config.sections.model import DTYPES, LoRAConfig, ModelConfig
 from fastgrpo.train.config.sections.run import DataConfig, LoggingConfig, ProfileConfig, RuntimeConfig
@@ -13,6 +14,7 @@ from fastgrpo.train.config.sections.run import DataConfig, LoggingConfig, Profil
 __all__ = [
     "DTYPES",
     "DataConfig",
+    "EvalConfig",
     "LoRAConfig",
     "LoggingConfig",
     "ModelConfig",
