@@ -10,8 +10,9 @@ A reward config (YAML) names each component, its type, its weight and the type's
         clip:  {type: clip, weight: 0.5, model: ViT-B-32, pretrained: /models/clip-vit-b-32.safetensors}
 
 Types: ``mllm_judge`` (:class:`~fastgrpo.rewards.judge.JudgeConfig` options), ``clip``
-(:class:`~fastgrpo.rewards.clip.ClipRewardConfig`), ``rules`` (:class:`~fastgrpo.rewards.rules.RuleRewardConfig`);
-more with :func:`register_reward`. Unknown types or options are a ``ValueError`` listing the valid ones.
+(:class:`~fastgrpo.rewards.clip.ClipRewardConfig`), ``rules`` (:class:`~fastgrpo.rewards.rules.RuleRewardConfig`),
+``saturation`` (:class:`~fastgrpo.rewards.saturation.SaturationReward`, deliberately hackable); more with
+:func:`register_reward`. Unknown types or options are a ``ValueError`` listing the valid ones.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def _rules(options: Mapping[str, Any]) -> RewardFunction:
     return RuleReward(RuleRewardConfig.from_mapping(options, "rules"))
 
 
-_FACTORIES: dict[str, Factory] = {"mllm_judge": _judge, "clip": _clip, "rules": _rules}
+def _saturation(options: Mapping[str, Any]) -> RewardFunction:
+    from fastgrpo.rewards.saturation import SaturationReward, SaturationRewardConfig
+
+    return SaturationReward(SaturationRewardConfig.from_mapping(options, "saturation"))
+
+
+_FACTORIES: dict[str, Factory] = {"mllm_judge": _judge, "clip": _clip, "rules": _rules, "saturation": _saturation}
 
 
 def register_reward(type_name: str, factory: Factory) -> None:

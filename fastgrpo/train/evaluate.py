@@ -7,10 +7,12 @@ weights give the same edits whatever the batch size or the number of ranks (rank
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastgrpo.models.base import EditModel, images_to_tensor
@@ -20,7 +22,7 @@ from fastgrpo.train.conditions import ConditionItem, reward_batch
 from fastgrpo.train.ode_sampling import sample_ode
 from fastgrpo.train.parallel.distributed import DistContext
 
-__all__ = ["HeldOutEvaluation", "evaluate_conditions", "item_noise", "run_evaluation"]
+__all__ = ["HeldOutEvaluation", "edit_conditions", "evaluate_conditions", "item_noise", "run_evaluation", "summarise"]
 
 EVAL_NOISE_SALT = 0x5EED
 
@@ -29,6 +31,45 @@ def item_noise(model: EditModel, index: int, height: int, width: int, seed: int)
     """Packed initial noise ``[1, N, C]`` of held-out condition ``index``."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + index * 7919 + EVAL_NOISE_SALT) % (2**63))
     return model.initial_noise(1, height, width, generator=gen)
+
+
+@torch.no_grad()
+def edit_conditions(
+    model: EditModel,
+    groups: Sequence[Sequence[ConditionItem]],
+    *,
+    eval_steps: int,
+    batch_size: int,
+    seed: int,
+    dist: DistContext | None = None,
+) -> Iterator[tuple[list[int], list[ConditionItem], np.ndarray]]:
+    """ODE edits of this rank's share of the held-out conditions, batch by batch: ``(indices, items, edited)`` with
+    each condition's global index (over ``groups`` in order), the conditions and ``uint8 [b, H, W, 3]`` edits.
+    Rank ``r`` of ``W`` takes conditions ``r, r + W, ...`` of each group; condition ``i`` always starts from the noise
+    of ``(seed, i)``."""
+    dist = dist or DistContext(device=model.device)
+    index_base = 0
+    for items in groups:
+        mine = list(range(dist.rank, len(items), dist.world_size))
+        for start in range(0, len(mine), batch_size):
+            rows = mine[start : start + batch_size]
+            chunk = [items[i] for i in rows]
+            height, width = chunk[0].source.shape[:2]
+            cond = model.encode(images_to_tensor([c.source for c in chunk]), [c.instruction for c in chunk])
+            noise = torch.cat([item_noise(model, index_base + i, height, width, seed) for i in rows])
+            latents = sample_ode(model, cond, eval_steps, noise)
+            yield [index_base + i for i in rows], chunk, model.decode_uint8(latents, height, width).numpy()
+        index_base += len(items)
+
+
+def summarise(tally: RewardTally, prefix: str) -> dict[str, float]:
+    """The metrics of a tally of held-out scores: ``<prefix>_reward_mean``, ``<prefix>_reward_se`` (its standard
+    error over the conditions) and ``<prefix>/<component>`` for every component and sub-term."""
+    out: dict[str, float] = {}
+    for name, mean in tally.means().items():
+        out[f"{prefix}_reward_mean" if name == "total" else f"{prefix}/{name}"] = mean
+    out[f"{prefix}_reward_se"] = tally.stderrs().get("total", math.nan)
+    return out
 
 
 @torch.no_grad()
@@ -41,9 +82,12 @@ def evaluate_conditions(
     batch_size: int,
     seed: int,
     dist: DistContext | None = None,
+    gold: CompositeReward | None = None,
 ) -> dict[str, Any]:
-    """Mean reward (``eval_reward_mean``) and per-component means (``eval/<name>``) over the held-out conditions,
-    and their number (``eval_conditions``).
+    """The held-out ODE evaluation: the training reward's mean (``eval_reward_mean``), standard error
+    (``eval_reward_se``) and component means (``eval/<name>``), the same for the gold reward (``gold_reward_mean``,
+    ``gold_reward_se``, ``gold/<name>``: scored on the same edits; the training reward's figures when ``gold`` is
+    None), and the number of conditions (``eval_conditions``).
 
     Args:
         groups: held-out conditions, each list of one resolution (:meth:`ConditionSource.held_out`).
@@ -51,27 +95,23 @@ def evaluate_conditions(
         batch_size: conditions per forward.
         seed: the evaluation noise seed (condition ``i`` always starts from the same noise).
         dist: ranks (conditions are split over them, sums all-reduced); None: one process.
+        gold: the gold reward (``eval.rewards``), or None.
     """
     dist = dist or DistContext(device=model.device)
-    tally = RewardTally()
-    index_base = 0
-    for items in groups:
-        mine = list(range(dist.rank, len(items), dist.world_size))
-        for start in range(0, len(mine), batch_size):
-            rows = mine[start : start + batch_size]
-            chunk = [items[i] for i in rows]
-            height, width = chunk[0].source.shape[:2]
-            cond = model.encode(images_to_tensor([c.source for c in chunk]), [c.instruction for c in chunk])
-            noise = torch.cat([item_noise(model, index_base + i, height, width, seed) for i in rows])
-            latents = sample_ode(model, cond, eval_steps, noise)
-            edited = model.decode_uint8(latents, height, width).numpy()
-            tally.add(reward.evaluate(reward_batch(chunk, edited)), len(chunk))
-        index_base += len(items)
-    if dist.active:  # every rank has every component name (same reward config)
-        tally.all_reduce(lambda packed: dist.all_reduce_sum(packed.to(dist.device)).cpu())
+    rewards = {"eval": reward, **({"gold": gold} if gold is not None else {})}
+    tallies = {prefix: RewardTally() for prefix in rewards}
+    for _, items, edited in edit_conditions(model, groups, eval_steps=eval_steps, batch_size=batch_size, seed=seed,
+                                            dist=dist):  # fmt: skip
+        batch = reward_batch(items, edited)
+        for prefix, scorer in rewards.items():
+            tallies[prefix].add(scorer.evaluate(batch), len(items))
     out: dict[str, Any] = {}
-    for name, mean in tally.means().items():
-        out["eval_reward_mean" if name == "total" else f"eval/{name}"] = mean
+    for prefix, tally in tallies.items():
+        if dist.active:  # every rank has every component name (same reward config)
+            tally.all_reduce(lambda packed: dist.all_reduce_sum(packed.to(dist.device)).cpu())
+        out.update(summarise(tally, prefix))
+    if gold is None:  # the gold reward is the training reward
+        out.update({"gold" + k[4:]: v for k, v in list(out.items()) if k.startswith("eval")})
     out["eval_conditions"] = int(sum(len(g) for g in groups))
     return out
 
@@ -88,13 +128,13 @@ class HeldOutEvaluation:
     batch_size: int
     seed: int
     dist: DistContext
+    gold: CompositeReward | None = None
 
     def __call__(self) -> dict[str, Any]:
-        """``eval_reward_mean``, ``eval/<component>`` and ``eval_conditions`` of the current weights."""
+        """The keys of :func:`evaluate_conditions` for the current weights."""
         e = self
-        return evaluate_conditions(
-            e.model, e.groups, e.reward, eval_steps=e.eval_steps, batch_size=e.batch_size, seed=e.seed, dist=e.dist
-        )
+        return evaluate_conditions(e.model, e.groups, e.reward, eval_steps=e.eval_steps, batch_size=e.batch_size,
+                                   seed=e.seed, dist=e.dist, gold=e.gold)  # fmt: skip
 
 
 def _all_conditions(cfg: Any, path: str, limit: int | None) -> list[list[ConditionItem]]:
@@ -157,11 +197,18 @@ def run_evaluation(
     if not groups or not any(groups):
         raise ValueError("nothing to evaluate: set data.held_out > 0 or pass --data")
     s = cfg.sampler
+    gold_cfg = cfg.eval.gold
     with build_reward(cfg.rewards.to_reward_mapping()) as reward:
-        out = evaluate_conditions(
-            model, groups, reward, eval_steps=s.eval_steps,
-            batch_size=s.rollout_batch or s.prompts_per_step * s.group_size, seed=cfg.runtime.seed, dist=ctx,
-        )  # fmt: skip
+        gold = build_reward(gold_cfg.to_reward_mapping()) if gold_cfg is not None else None
+        try:
+            out = evaluate_conditions(
+                model, groups, reward, eval_steps=s.eval_steps,
+                batch_size=s.rollout_batch or s.prompts_per_step * s.group_size, seed=cfg.runtime.seed, dist=ctx,
+                gold=gold,
+            )  # fmt: skip
+        finally:
+            if gold is not None:
+                gold.close()
     ctx.close()
     out.update({"eval_steps": s.eval_steps, "weights": weights})
     return out

@@ -62,7 +62,8 @@ class Generated:
     """One iteration's rollouts of this rank and what was made of them.
 
     Attributes:
-        rollout: the ``B`` trajectories, ``rewards`` filled in (NaN where scoring failed).
+        rollout: the ``B`` trajectories, ``rewards`` and ``reward_components`` filled in (NaN where scoring
+            failed).
         rewards: the tally of the scored chunks (per-component means, failures).
         images: the ``B`` decoded edits, ``uint8 [H, W, 3]`` each (for the sample grids).
     """
@@ -114,6 +115,7 @@ class RolloutGenerator:
         self.trained_per_iteration = trained_per_iteration
         self._phase, self._annotate, self._log, self._steps_fn = phase, annotate, log, steps_fn
         self.scorer = AsyncRewardEvaluator(reward, max_pending=self.n_chunks + 1, close_reward=False)
+        self.weights = dict(reward.weights)  # the components whose rewards the rollout carries
 
     def trained_steps(self, step: int, plan: RolloutPlan) -> tuple[int, ...]:
         """The SDE steps iteration ``step`` trains, in the order the update trains them."""
@@ -160,7 +162,10 @@ class RolloutGenerator:
                     result = None
                 tally.add(result, self.chunk)
         full = parts[0] if len(parts) == 1 else Rollout.cat(parts)
-        full = replace(full, rewards=tally.totals().to(full.device), trained=self.trained_steps(step, plan))
+        components = {name: tally.values(name).to(full.device) for name, weight in self.weights.items()
+                      if weight != 0 and name in tally.names}  # fmt: skip
+        full = replace(full, rewards=tally.totals().to(full.device), trained=self.trained_steps(step, plan),
+                       reward_components=components or None)  # fmt: skip
         return Generated(full, tally, images)
 
     def close(self) -> None:

@@ -22,7 +22,11 @@ interrupted and resumed run continues bit for bit (on one backend and device).
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +55,7 @@ from fastgrpo.train.parallel.distributed import DistContext, init_distributed
 from fastgrpo.train.policy import Policy
 from fastgrpo.train.profiling import Annotator, PhaseTimer, ProfileWindow
 from fastgrpo.train.rollout import rollout_steps
+from fastgrpo.train.selection import EvaluationRecord
 from fastgrpo.train.signals import StopSignals
 from fastgrpo.train.state import RNGState, TrainState
 from fastgrpo.train.storage.checkpointer import Checkpointer
@@ -60,6 +65,8 @@ from fastgrpo.train.storage.run_dir import RunDir, RunDirError, open_run_dir
 from fastgrpo.train.update import grpo_backward, micro_step
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +79,8 @@ class TrainResult:
     initial_eval: float | None = None
     final_eval: float | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    ended_early: str | None = None  # e.g. the over-optimisation alarm with eval.stop_on_overoptimisation
+    best: dict[str, Any] | None = None  # the best evaluation by the gold reward (what lora/best holds)
 
 
 class Trainer:
@@ -108,6 +117,8 @@ class Trainer:
         self.device = self.dist.device
         self._log_fn, self.progress = log, None
         self._finished_iterations = False  # the loop is done: a second signal now can only cut the shutdown short
+        #: why the run ended before runtime.max_steps without a signal (the over-optimisation alarm), or None
+        self.ended_early: str | None = None
         self.annotate = Annotator(cfg.profile.nvtx)
         self.timer = PhaseTimer(self.device)
         self.run_dir = open_run_dir(cfg, self.dist)
@@ -137,6 +148,7 @@ class Trainer:
         if cfg.runtime.fsdp:  # every FSDP forward needs all ranks: the same number of evaluation batches on each
             check_lockstep_evaluation(held_out, self.dist.world_size, eval_batch)
         self.reward = build_reward(cfg.rewards.to_reward_mapping())
+        self.gold = build_reward(cfg.eval.gold.to_reward_mapping()) if cfg.eval.gold is not None else None
         # runtime.cuda_graphs: rollouts and update micro-steps replay CUDA graphs (eager, reason logged, off CUDA)
         self.graphs = TrainingGraphs(self.model, self.policy.params) if cfg.runtime.cuda_graphs else None
         self.plans = RolloutPlans(self.model, s, cfg.sde, cfg.runtime.kernel_backend)
@@ -148,7 +160,9 @@ class Trainer:
             steps_fn=self.graphs.rollout_steps if self.graphs is not None else rollout_steps,
         )  # fmt: skip
         self.evaluation = HeldOutEvaluation(self.model, held_out, self.reward, eval_steps=s.eval_steps,
-                                            batch_size=eval_batch, seed=cfg.runtime.seed, dist=self.dist)  # fmt: skip
+                                            batch_size=eval_batch, seed=cfg.runtime.seed, dist=self.dist,
+                                            gold=self.gold)  # fmt: skip
+        self.record = EvaluationRecord(cfg.eval)
         self.metrics = MetricsProcessor(
             self.model, self.dist, sinks, rollout_steps=s.train_steps, inner_epochs=cfg.optim.inner_epochs,
             reference_pass=cfg.grpo.needs_reference, clear_grads=self.policy.zero_grad, compiled=trained.compiled,
@@ -157,8 +171,8 @@ class Trainer:
         self.state, self.rng = TrainState(), RNGState(self.device)
         manager = CheckpointManager(self.run_dir.checkpoints, keep=cfg.logging.keep_checkpoints, rank=self.dist.rank,
                                     world_size=self.dist.world_size, barrier=self.dist.barrier)  # fmt: skip
-        self.checkpointer = Checkpointer(manager, shared={"policy": self.policy, "state": self.state},
-                                         per_rank={"rng": self.rng}, config=config_to_dict(cfg))  # fmt: skip
+        shared = {"policy": self.policy, "state": self.state, "evaluations": self.record}
+        self.checkpointer = Checkpointer(manager, shared=shared, per_rank={"rng": self.rng}, config=config_to_dict(cfg))
 
     # --- the parts of an iteration -------------------------------------------------------------------------------
 
@@ -206,9 +220,9 @@ class Trainer:
         generated = self.generator.generate(step, batch, cond)
         with self._phase("advantages"):
             g = self.cfg.grpo
-            ro, advantages = rollout_advantages(
-                generated.rollout, batch.num_groups, std_mode=g.adv_std, clip=g.adv_clip
-            )
+            ro, advantages = rollout_advantages(generated.rollout, batch.num_groups, std_mode=g.adv_std,
+                                                clip=g.adv_clip, aggregation=g.adv_aggregation,
+                                                weights=self.reward.weights)  # fmt: skip
         failed = int((~torch.isfinite(advantages.rewards)).sum())
         try:
             self.state.note_rewards(failed, advantages.rewards.numel(), limit=self.cfg.optim.nonfinite_limit,
@@ -225,10 +239,22 @@ class Trainer:
             skipped_updates=self.policy.skipped_total, phases=phases, seconds=seconds,
         )  # fmt: skip
 
-    def evaluate(self) -> dict[str, Any]:
-        """Held-out ODE evaluation of the current weights (the EMA when kept)."""
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Held-out ODE evaluation of the weights after iteration ``step`` (the EMA when kept), then what it decides
+        (:class:`~fastgrpo.train.selection.EvaluationRecord`): a new best goes to ``lora/best``, the alarm warns
+        (and with ``eval.stop_on_overoptimisation`` asks the loop to end: :attr:`ended_early`)."""
         with self._phase("eval"), self.policy.ema_weights():
-            return self.evaluation()
+            ev = self.evaluation()
+        verdict = self.record.observe(step, ev)
+        if verdict.best:
+            self.write_best(step, ev)
+        if verdict.alarm:
+            message = self.record.alarm_message(step, ev)
+            logger.warning("%s", message)
+            if self.cfg.eval.stop_on_overoptimisation:
+                assert self.record.best is not None
+                self.ended_early = f"over-optimisation alarm at iteration {step} (best: {self.record.best['step']})"
+        return ev
 
     # --- checkpoints and files -----------------------------------------------------------------------------------
 
@@ -252,19 +278,43 @@ class Trainer:
         return True
 
     def export_lora(self) -> Path:
-        """Write the final LoRA (EMA when kept) to ``run_dir/lora`` in the diffusers format, atomically. Call it on
-        every rank: under FSDP the weights are gathered first; rank 0 writes."""
+        """Write the final LoRA (EMA when kept) into ``run_dir/lora`` in the diffusers format (each file replaced
+        atomically; ``lora/best`` stays). Call it on every rank: under FSDP the weights are gathered first; rank 0
+        writes."""
         write_lora, target = self.policy.lora_writer(), self.run_dir.lora
         if self.dist.is_main:
-            try:
-                with atomic_directory(target) as tmp:
+            staging = self.run_dir.path / ".lora-export"
+            with self._writing(target):
+                with atomic_directory(staging) as tmp:
                     write_lora(tmp)
-            except Exception as error:  # safetensors reports a full disk as its own error, not an OSError
-                os_error = os_error_in(error)
-                if os_error is None:
-                    raise
-                raise RunDirError(describe_os_error(os_error, target, "write the LoRA to")) from None
+                target.mkdir(exist_ok=True)
+                for path in sorted(staging.iterdir()):
+                    os.replace(path, target / path.name)  # one file at a time, each whole
+                shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def write_best(self, step: int, ev: dict[str, Any]) -> Path:
+        """``lora/best``: the LoRA after iteration ``step`` (whose evaluation ``ev`` has the best gold reward so far),
+        with ``best.json`` (the step and every figure of ``ev``), written atomically. Every rank calls it."""
+        write_lora, target = self.policy.lora_writer(), self.run_dir.lora / "best"
+        if self.dist.is_main:
+            record = {"step": step, **{k: v for k, v in ev.items() if isinstance(v, int | float)}}
+            with self._writing(target), atomic_directory(target) as tmp:
+                write_lora(tmp)
+                (tmp / "best.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        return target
+
+    @contextlib.contextmanager
+    def _writing(self, target: Path) -> Iterator[None]:
+        """A failed write of ``target`` as one message naming the fix (safetensors reports a full disk as its own
+        error, not an OSError)."""
+        try:
+            yield
+        except Exception as error:
+            os_error = os_error_in(error)
+            if os_error is None:
+                raise
+            raise RunDirError(describe_os_error(os_error, target, "write the LoRA to")) from None
 
     def _save_outputs(self) -> None:
         """The sample grid of the last iteration's first group and the reward curve (rank 0)."""
@@ -306,7 +356,7 @@ class Trainer:
             )
             last_eval = None
             if cfg.logging.eval_every and self.evaluation.groups:
-                ev = self.evaluate()
+                ev = self.evaluate(0)
                 last_eval = ev["eval_reward_mean"]
                 self.metrics.log({"step": 0, **ev})
                 self.log(f"pre-trained evaluation reward {last_eval:.4f} on {ev['eval_conditions']} conditions")
@@ -355,7 +405,7 @@ class Trainer:
                 step, every = self.state.step, cfg.logging.eval_every
                 due_eval = bool(every) and (step % every == 0 or step == total)
                 if due_eval and self.evaluation.groups:
-                    row.update(self.evaluate())
+                    row.update(self.evaluate(step))
                     last_eval = row["eval_reward_mean"]
                 if step % cfg.logging.log_every == 0 or due_eval or step == total:
                     self.metrics.log(row)
@@ -364,8 +414,12 @@ class Trainer:
                 phases = {k[5:]: v for k, v in row.items() if k.startswith("time/") and k != "time/step"}
                 self.progress.update(step, reward=row["reward_mean"], eval_reward=last_eval, phases=phases)
                 stop = self.dist.any(signals.received is not None)
-                if stop or (cfg.logging.save_every and step % cfg.logging.save_every == 0) or step == total:
+                due_save = bool(cfg.logging.save_every) and step % cfg.logging.save_every == 0
+                if stop or due_save or step == total or self.ended_early is not None:
                     self.save_checkpoint()
+                if self.ended_early is not None:  # every rank decided it from the same all-reduced evaluation
+                    self.log(f"ended early after iteration {step}: {self.ended_early}; checkpoint saved")
+                    return None, last_eval
                 if stop:
                     stopped = signals.received or "a signal on another rank"
                     self.log(f"stopped by {stopped} after iteration {step}; checkpoint saved. Run the same command "
@@ -397,11 +451,13 @@ class Trainer:
         metrics = self.run_dir.read_metrics() if self.dist.is_main else []
         initial = [r["eval_reward_mean"] for r in metrics if r.get("step") == 0 and "eval_reward_mean" in r]
         return TrainResult(self.run_dir.path, self.state.step, stopped, initial[0] if initial else None, last_eval,
-                           metrics)  # fmt: skip
+                           metrics, self.ended_early, self.record.best)  # fmt: skip
 
     def close(self) -> None:
         """Release the reward components, the sinks and the process group."""
         self.reward.close()
+        if self.gold is not None:
+            self.gold.close()
         self.metrics.close()
         self.dist.close()
 

@@ -483,13 +483,12 @@ def test_a_full_disk_during_the_final_lora_export_is_one_message(tmp_path, monke
 
     args = ["train", "--output-dir", str(tmp_path), *SMALL, "logging.run_name=r", "runtime.max_steps=1"]
     real = FluxKontextEditModel.save_lora
-    calls = {"n": 0}
 
-    def second_call_fails(self, directory, weights=None):  # the checkpoint's LoRA is written first, then the export
-        calls["n"] += 1
-        return full(self, directory, weights) if calls["n"] > 1 else real(self, directory, weights)
+    def the_export_fails(self, directory, weights=None):  # lora/best and the checkpoint's LoRA are written first
+        export = ".lora-export" in str(directory)
+        return full(self, directory, weights) if export else real(self, directory, weights)
 
-    monkeypatch.setattr(FluxKontextEditModel, "save_lora", second_call_fails)
+    monkeypatch.setattr(FluxKontextEditModel, "save_lora", the_export_fails)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "could not write the LoRA to" in err and "No space left on device; free disk space" in err
