@@ -1,4 +1,4 @@
-"""The ``fastgrpo`` command line: ``train``, ``eval``, ``env`` and ``data check``."""
+"""The ``fastgrpo`` command line: ``train``, ``eval``, ``compare``, ``env`` and ``data check``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = f"done: {result.steps_done} iterations in {result.run_dir}"
         if result.initial_eval is not None and result.final_eval is not None:
             summary += f"; evaluation reward {result.initial_eval:.4f} -> {result.final_eval:.4f}"
+        if result.ended_early:
+            summary += f"; ended early: {result.ended_early}"
+        if result.best is not None and (result.run_dir / "lora" / "best").is_dir():
+            summary += f"; best gold reward {result.best['gold_reward_mean']:.4f} at iteration {result.best['step']}"
+            summary += f" in {result.run_dir / 'lora' / 'best'}"
+        if (result.run_dir / "report.md").is_file():
+            summary += f"; base vs trained in {result.run_dir / 'report.md'}"
         if result.stopped_by:
             summary = (
                 f"stopped by {result.stopped_by} after {result.steps_done} iterations; resume with the same command"
@@ -110,12 +117,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(
-            f"evaluation reward {result['eval_reward_mean']:.4f} on {result['eval_conditions']} conditions "
-            f"({result['eval_steps']} ODE steps, {result['weights']})"
+            f"evaluation reward {result['eval_reward_mean']:.4f} ± {result['eval_reward_se']:.4f} on "
+            f"{result['eval_conditions']} conditions ({result['eval_steps']} ODE steps, {result['weights']})"
         )
         for key, value in sorted(result.items()):
             if key.startswith("eval/"):
                 print(f"  {key[5:]:<24} {value:.4f}")
+        if any(key.startswith("gold/") and key[5:] not in {k[5:] for k in result if k.startswith("eval/")}
+               for key in result):  # fmt: skip
+            print(f"gold reward {result['gold_reward_mean']:.4f} ± {result['gold_reward_se']:.4f}")
+            for key, value in sorted(result.items()):
+                if key.startswith("gold/"):
+                    print(f"  {key[5:]:<24} {value:.4f}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``fastgrpo compare``: the base model vs each ``--lora`` on the same conditions; writes report.png/.json/.md
+    into ``--out`` and prints the Markdown table (the logic lives in :func:`fastgrpo.train.report.run_compare`)."""
+    from fastgrpo.train.report import run_compare
+
+    try:
+        cfg = _load_cli_config(args)
+        comparison, paths = run_compare(cfg, args.lora, data=args.data, limit=args.limit, out=args.out, rows=args.rows)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        return _fail("compare", error)
+    print(comparison.markdown())
+    for path in paths.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -172,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate at most this many conditions")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=cmd_eval)
+    compare = sub.add_parser("compare", help="the base model vs LoRAs on the same held-out conditions (a report)")
+    _add_config_args(compare)
+    compare.add_argument("--lora", action="append", required=True, metavar="DIR",
+                         help="a LoRA directory (RUN/lora, RUN/lora/best, RUN/checkpoints/step-N/lora); repeat it to "
+                              "compare several (of one rank and targets)")  # fmt: skip
+    compare.add_argument("--data", default=None, help="a data file/folder to compare on (default: the held-out set)")
+    compare.add_argument("--limit", type=int, default=None, help="compare on at most this many conditions")
+    compare.add_argument("--rows", type=int, default=None,
+                         help="conditions shown in report.png (default: eval.report_conditions, 0: none)")  # fmt: skip
+    compare.add_argument("--out", default="compare", help="folder of report.png/.json/.md (default: ./compare)")
+    compare.set_defaults(func=cmd_compare)
     env = sub.add_parser("env", help="print versions, devices, Triton mode and attention backends")
     env.set_defaults(func=cmd_env)
     _add_data_parser(sub)

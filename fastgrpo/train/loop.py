@@ -304,6 +304,47 @@ class Trainer:
                 (tmp / "best.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return target
 
+    def write_report(self) -> Path | None:
+        """``report.png``/``.json``/``.md`` in the run directory: the base model, the trained LoRA and (when it is
+        another iteration's) ``lora/best`` edit the held-out conditions from the same noise and are scored by the
+        training and the gold reward (:mod:`fastgrpo.train.report`). Written by a single-process run with held-out
+        conditions and ``eval.report_conditions > 0``; a report that cannot be written is a warning naming
+        ``fastgrpo compare`` (the LoRA and the checkpoint are already saved). Returns the directory or None."""
+        from fastgrpo.train.report import write_run_report
+
+        rows = self.cfg.eval.report_conditions
+        if rows == 0 or not self.evaluation.groups:
+            return None
+        again = (f"write it with `fastgrpo compare --config {self.run_dir.path / 'config.yaml'} --lora "
+                 f"{self.run_dir.lora} --out {self.run_dir.path}`")  # fmt: skip
+        if self.dist.world_size > 1:
+            self.log(f"no report.png: the report runs in one process and this run has {self.dist.world_size}; {again}")
+            return None
+        variants = [
+            ("base", self.model.reference, f"base model {self.cfg.model.type} (LoRA adapters off)"),
+            (
+                "trained",
+                self.policy.ema_weights,
+                f"lora/: the LoRA after iteration {self.state.step}"
+                + (" (its EMA)" if self.policy.ema is not None else ""),
+            ),
+        ]
+        best = self.record.best
+        if best is not None and best["step"] != self.state.step and (self.run_dir.lora / "best").is_dir():
+            variants.append(("best", lambda: self.policy.saved_weights(self.run_dir.lora / "best"),
+                             f"lora/best: the LoRA after iteration {best['step']}, the best gold reward"))  # fmt: skip
+        gold = {"gold": self.gold} if self.gold is not None else {}
+        try:
+            with self._phase("report"), self._writing(self.run_dir.path / "report.png"):
+                write_run_report(self.model, self.evaluation.groups, {"train": self.reward, **gold},
+                                 self.run_dir.path, variants=variants, rows=rows, eval_steps=self.evaluation.eval_steps,
+                                 batch_size=self.evaluation.batch_size, seed=self.cfg.runtime.seed)  # fmt: skip
+        except (RunDirError, OSError, RuntimeError) as error:
+            logger.warning("the report was not written (%s); %s", error, again)
+            return None
+        self.log(f"report: {self.run_dir.path / 'report.md'} (base vs trained on the held-out conditions)")
+        return self.run_dir.path
+
     @contextlib.contextmanager
     def _writing(self, target: Path) -> Iterator[None]:
         """A failed write of ``target`` as one message naming the fix (safetensors reports a full disk as its own
@@ -382,6 +423,7 @@ class Trainer:
                     self.export_lora()  # on every rank (FSDP gathers the LoRA first); rank 0 writes
                     if self.dist.is_main:
                         self._save_curve()
+                    self.write_report()
                 self.dist.barrier()
                 return self._result(stopped, last_eval)
             except KeyboardInterrupt:

@@ -153,6 +153,21 @@ class Policy:
                 for p, v in zip(self.params, live, strict=True):
                     p.copy_(v)
 
+    @contextlib.contextmanager
+    def saved_weights(self, directory: str | Path) -> Iterator[None]:
+        """The LoRA saved in ``directory`` (e.g. ``lora/best``) in place of the live weights, restored afterwards
+        bit-exactly. One process only (under FSDP each rank holds a shard: ``ValueError``)."""
+        if self.sharded:
+            raise ValueError("the weights of a saved LoRA are swapped in only without FSDP (one process)")
+        live = [p.detach().clone() for p in self.params]
+        try:
+            self.model.load_lora(directory)
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, live, strict=True):
+                    p.copy_(v)
+
     # --- files and checkpoints ----------------------------------------------------------------------------------
 
     def _full_lora(self) -> dict[str, Tensor]:

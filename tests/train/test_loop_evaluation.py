@@ -98,3 +98,68 @@ def test_per_component_advantages_train_on_two_rewards(tmp_path):
     assert a[1]["reward_mean"] == b[1]["reward_mean"]  # the same first rollouts ...
     assert a[1]["loss"] != b[1]["loss"]  # ... trained with other advantages
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in b[1:])
+
+
+def _stat(report, label, reward, name="total"):
+    return report["stats"][label][reward][name]["mean"]
+
+
+def test_a_run_ends_with_the_base_vs_trained_report(tmp_path):
+    cfg = small_cfg(tmp_path, TRAIN, GOLD, "runtime.max_steps=4", "logging.eval_every=1", "eval.report_conditions=2")
+    trainer, result = run_trainer(cfg)
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    evals = {r["step"]: r for r in result.metrics if "gold_reward_mean" in r}
+    best = result.best["step"]
+    assert [v["label"] for v in report["variants"]] == ["base", "trained", *(["best"] if best != 4 else [])]
+    assert report["conditions"] == 4 and len(report["shown"]) == 2 and set(report["rewards"]) == {"train", "gold"}
+    # trained = the final evaluation, base = the zero-initialised LoRA of iteration 0, best = what lora/best holds
+    assert _stat(report, "trained", "train") == pytest.approx(evals[4]["eval_reward_mean"], abs=1e-6)
+    assert _stat(report, "trained", "gold") == pytest.approx(evals[4]["gold_reward_mean"], abs=1e-6)
+    assert _stat(report, "base", "gold") == pytest.approx(evals[0]["gold_reward_mean"], abs=1e-6)
+    if best != 4:
+        assert _stat(report, "best", "gold") == pytest.approx(evals[best]["gold_reward_mean"], abs=1e-6)
+    diff = report["differences"]["trained"]["train"]["total"]["mean"]
+    assert diff == pytest.approx(_stat(report, "trained", "train") - _stat(report, "base", "train"), abs=1e-9)
+    assert (run / "report.png").is_file() and "## gold reward" in (run / "report.md").read_text()
+    # the report swapped weights in and out: the live LoRA is the one exported
+    final, _ = read_lora(run / "lora")
+    live = {k: v.detach() for k, v in trainer.model.lora_state_dict().items()}
+    assert all(torch.equal(live[k], final[k]) for k in final)
+
+
+def test_saved_weights_swaps_a_lora_in_and_restores_the_live_one(tmp_path):
+    trainer, _ = run_trainer(small_cfg(tmp_path, "runtime.max_steps=2", "logging.eval_every=1"))
+    saved, _ = read_lora(tmp_path / "run" / "checkpoints" / "step-00000002" / "lora")
+    with torch.no_grad():
+        for p in trainer.policy.params:
+            p.add_(0.5)
+    before = {k: v.detach().clone() for k, v in trainer.model.lora_state_dict().items()}
+    with trainer.policy.saved_weights(tmp_path / "run" / "checkpoints" / "step-00000002" / "lora"):
+        inside = trainer.model.lora_state_dict()
+        assert all(torch.equal(inside[k].detach(), saved[k]) for k in saved)
+    after = trainer.model.lora_state_dict()
+    assert all(torch.equal(after[k].detach(), before[k]) for k in before)
+
+
+def test_no_report_when_asked_and_a_failed_report_is_a_warning(tmp_path, monkeypatch, caplog):
+    _, result = run_trainer(small_cfg(tmp_path, "runtime.max_steps=1", "eval.report_conditions=0", name="disabled"))
+    assert result.steps_done == 1 and not (tmp_path / "disabled" / "report.json").exists()
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fastgrpo.train.report.write_run_report", full_disk)
+    _, result = run_trainer(small_cfg(tmp_path, "runtime.max_steps=1", name="full"))
+    assert result.steps_done == 1 and (tmp_path / "full" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert "the report was not written" in caplog.text and "fastgrpo compare --config" in caplog.text
+    assert "no space left" in caplog.text.lower()
+
+
+def test_the_train_command_names_lora_best_and_the_report(tmp_path, capsys):
+    overrides = [*SMALL, f"logging.output_dir={tmp_path}", "logging.run_name=cli", "runtime.max_steps=2"]
+    assert main(["train", *overrides]) == 0
+    err = capsys.readouterr().err
+    best = json.loads((tmp_path / "cli" / "lora" / "best" / "best.json").read_text())
+    assert f"best gold reward {best['gold_reward_mean']:.4f} at iteration {best['step']}" in err
+    assert str(tmp_path / "cli" / "lora" / "best") in err and str(tmp_path / "cli" / "report.md") in err

@@ -25,7 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from fastgrpo.train.metrics.drawing import (
+    BACKGROUND,
+    BEST_FRAME,
+    FRAME,
+    RGB,
+    TEXT,
+    as_uint8_rgb,
+    default_font,
+    fit_text,
+    write_file,
+)
 
 if TYPE_CHECKING:
     from matplotlib.backends.backend_agg import RendererAgg
@@ -34,19 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = ["group_grid_size", "save_group_grid", "save_reward_curve"]
 
-_Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
-_RGB = tuple[int, int, int]
-
 # Group grid layout, in pixels.
 _PAD = 4  # around the image and between cells
 _HEADER_H = 18  # the instruction line
 _CAPTION_H = 16  # the caption under each tile
 _BORDER = 3  # frame around each tile (coloured for the best edit)
-
-_BACKGROUND: _RGB = (255, 255, 255)
-_TEXT: _RGB = (20, 20, 20)
-_FRAME: _RGB = (200, 200, 200)
-_BEST_FRAME: _RGB = (0, 170, 60)
 
 # Reward curve: 800x500 pixels; margins as fractions of the figure (room for the title, tick labels and "step").
 _CURVE_SIZE = (800, 500)
@@ -59,61 +63,7 @@ _TRAIN_AVG = "#1e5ab4"
 _EVAL = "#e66e14"
 
 
-# --- shared -----------------------------------------------------------------------------------------------------------
-
-
-def _write_file(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, creating the parent folders; returns ``path`` as a Path."""
-    from fastgrpo.train.storage.files import atomic_write_bytes  # imports torch: only when a file is written
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, data)
-    return target
-
-
 # --- group grid -------------------------------------------------------------------------------------------------------
-
-
-def _font() -> _Font:
-    return ImageFont.load_default()
-
-
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font: _Font) -> float:
-    return float(draw.textlength(text, font=font))
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: _Font, max_width: float) -> str:
-    """``text``, or its longest prefix followed by ``...`` that fits in ``max_width`` pixels."""
-    if _text_width(draw, text, font) <= max_width:
-        return text
-    lo, hi = 0, len(text)
-    while lo < hi:  # longest prefix length n with prefix + "..." fitting
-        mid = (lo + hi + 1) // 2
-        if _text_width(draw, text[:mid].rstrip() + "...", font) <= max_width:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo].rstrip() + "..."
-
-
-def _as_uint8_rgb(image: np.ndarray, what: str) -> np.ndarray:
-    """``image`` as a uint8 ``[H, W, 3]`` array; floats are read as ``[0, 1]`` and clipped."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"{what} must be an RGB image of shape [H, W, 3]: got shape {tuple(arr.shape)}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{what} is empty: got shape {tuple(arr.shape)}")
-    if arr.dtype == np.uint8:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0)
-        return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
-        if arr.min() < 0 or arr.max() > 255:
-            raise ValueError(f"{what}: integer pixels must lie in [0, 255] (or pass floats in [0, 1])")
-        return arr.astype(np.uint8)
-    raise ValueError(f"{what} must be uint8 in [0, 255] or float in [0, 1]: got dtype {arr.dtype}")
 
 
 def _grid_shape(num_edits: int, columns: int | None) -> tuple[int, int]:
@@ -178,12 +128,12 @@ def save_group_grid(
         raise ValueError(f"scale must be an integer >= 1 (the nearest-neighbour upscaling factor): got {scale!r}")
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
         raise ValueError(f"columns must be an integer >= 1 (edits per row) or None for one row: got {columns!r}")
-    src = _as_uint8_rgb(source, "source")
+    src = as_uint8_rgb(source, "source")
     if len(edits) == 0:
         raise ValueError("edits is empty: pass the group's G >= 1 edited images")
     if len(rewards) != len(edits):
         raise ValueError(f"rewards has {len(rewards)} values for {len(edits)} edits: pass one reward per edit")
-    imgs = [_as_uint8_rgb(edit, f"edits[{i}]") for i, edit in enumerate(edits)]
+    imgs = [as_uint8_rgb(edit, f"edits[{i}]") for i, edit in enumerate(edits)]
     for i, img in enumerate(imgs):
         if img.shape != src.shape:
             raise ValueError(
@@ -198,30 +148,30 @@ def save_group_grid(
     tile_h, tile_w = height * scale, width * scale
     per_row = _grid_shape(len(imgs), columns)[1]
     size = group_grid_size(height, width, len(imgs), scale=scale, columns=columns)
-    canvas = Image.new("RGB", size, _BACKGROUND)
+    canvas = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
+    font = default_font()
 
-    header = _fit_text(draw, " ".join(instruction.split()), font, size[0] - 2 * _PAD)
-    draw.text((_PAD, _PAD + _HEADER_H // 2), header, fill=_TEXT, font=font, anchor="lm")
+    header = fit_text(draw, " ".join(instruction.split()), font, size[0] - 2 * _PAD)
+    draw.text((_PAD, _PAD + _HEADER_H // 2), header, fill=TEXT, font=font, anchor="lm")
 
-    def place(img: np.ndarray, row: int, col: int, caption: str, frame: _RGB) -> None:
+    def place(img: np.ndarray, row: int, col: int, caption: str, frame: RGB) -> None:
         x, y = _tile_origin(row, col, tile_h, tile_w)
         draw.rectangle(
             (x - _BORDER, y - _BORDER, x + tile_w + _BORDER - 1, y + tile_h + _BORDER - 1), outline=frame, width=_BORDER
         )
         canvas.paste(Image.fromarray(np.repeat(np.repeat(img, scale, axis=0), scale, axis=1), "RGB"), (x, y))
-        text = _fit_text(draw, caption, font, tile_w + 2 * _BORDER + _PAD)
-        draw.text((x + tile_w / 2, y + tile_h + _BORDER + _CAPTION_H / 2), text, fill=_TEXT, font=font, anchor="mm")
+        text = fit_text(draw, caption, font, tile_w + 2 * _BORDER + _PAD)
+        draw.text((x + tile_w / 2, y + tile_h + _BORDER + _CAPTION_H / 2), text, fill=TEXT, font=font, anchor="mm")
 
-    place(src, 0, 0, "source", _FRAME)
+    place(src, 0, 0, "source", FRAME)
     for i, (img, value) in enumerate(zip(imgs, values, strict=True)):
         row, col = divmod(i, per_row)
         caption = f"{value:.3f}" if not math.isnan(value) else "nan"
-        place(img, row, 1 + col, caption, _BEST_FRAME if i == best else _FRAME)
+        place(img, row, 1 + col, caption, BEST_FRAME if i == best else FRAME)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
-    return _write_file(path, buffer.getvalue())
+    return write_file(path, buffer.getvalue())
 
 
 # --- reward curve -----------------------------------------------------------------------------------------------------
@@ -358,4 +308,4 @@ def save_reward_curve(path: str | Path, rows: Sequence[Mapping[str, Any]], *, ti
     """
     buffer = io.BytesIO()
     _reward_figure(rows, title).savefig(buffer, format="png")
-    return _write_file(path, buffer.getvalue())
+    return write_file(path, buffer.getvalue())

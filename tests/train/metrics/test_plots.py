@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from fastgrpo.train.metrics import plots
+from fastgrpo.train.metrics.drawing import BEST_FRAME
 from fastgrpo.train.metrics.plots import group_grid_size, save_group_grid, save_reward_curve
 
 H, W, G, SCALE = 32, 24, 4, 4
@@ -57,7 +58,7 @@ def test_group_grid_layout_and_source_pixels(tmp_path):
     for i in range(G):
         frame_x = plots._PAD + (1 + i) * cell_w
         frame = tuple(int(c) for c in grid[y0 - 1, frame_x])
-        assert (frame == plots._BEST_FRAME) == (i == 1), (i, frame)
+        assert (frame == BEST_FRAME) == (i == 1), (i, frame)
     # the third edit's tile holds its pixels too
     x2 = plots._PAD + 3 * cell_w + plots._BORDER
     np.testing.assert_array_equal(
@@ -79,7 +80,7 @@ def test_group_grid_wraps_columns_and_accepts_floats(tmp_path):
     x0 = plots._PAD + plots._BORDER
     y0 = plots._PAD + plots._HEADER_H + plots._BORDER
     np.testing.assert_array_equal(grid[y0 : y0 + H * SCALE, x0 : x0 + W * SCALE], up)  # exact float round trip
-    assert not np.any(np.all(grid == plots._BEST_FRAME, axis=-1))  # all rewards NaN: no best edit
+    assert not np.any(np.all(grid == BEST_FRAME, axis=-1))  # all rewards NaN: no best edit
 
 
 def test_group_grid_tiny_images_scale_one(tmp_path):
