@@ -21,6 +21,7 @@ _EXPORTS = {
     "Problem": "records",
     "BadInputError": "records",
     "REASONS": "records",
+    "ArrowImage": "lazy_images",
     "ColumnMap": "formats",
     "PRESETS": "formats",
     "get_preset": "formats",

@@ -1,11 +1,12 @@
 """``fastgrpo data check PATH``: validate a data set and summarise it, before a GPU run depends on it.
 
-It loads every row with the same loaders and presets as training, checks every image of every record (source,
-mask, target) with the same limits, by default decoding every pixel (``--quick``: headers only, as training's start
--up scan does), and reports counts, layouts, image sizes, formats and modes, masks/targets/captions present, task
-types, and each problem with its record and reason. The exit status is 0 when the bad fraction is within
-``--max-bad-fraction`` (the threshold training would apply), 1 when it is not or nothing is usable, 2 when the data
-cannot be read at all.
+It loads every row with the same loaders and presets as training, checks every image of every record (every input
+image, mask, target) with the same limits, by default decoding every pixel (``--quick``: headers only, as training's
+start-up scan does), and reports counts, layouts, the files skipped (and why), image sizes, formats and modes,
+input images per record, masks/targets/captions present and the masks stretched to their image's size, task types,
+record ids used more than once, and each problem with its record and reason. The exit status is 0 when the bad
+fraction is within ``--max-bad-fraction`` (the threshold training would apply), 1 when it is not or nothing is
+usable, 2 when the data cannot be read at all.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, TextIO
 
 from fastgrpo.data.badinput import BadInputPolicy, BadInputTracker
 from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
-from fastgrpo.data.images import DecodeConfig, ImageHeader
+from fastgrpo.data.images import DecodeConfig
 from fastgrpo.data.loaders import load_records
 from fastgrpo.data.records import REASONS, EditRecord, Problem
-from fastgrpo.data.scan import scan_records
+from fastgrpo.data.scan import RecordScan, scan_records
 
 __all__ = ["CheckReport", "check_dataset", "format_report", "run_check"]
 
@@ -49,6 +50,15 @@ class CheckReport:
     with_mask: int = 0
     with_target: int = 0
     with_captions: int = 0
+    #: usable records by their number of input images (source + references)
+    inputs: Counter[int] = field(default_factory=Counter)
+    #: usable records whose mask differs in size from their image (stretched to it, nearest neighbour)
+    masks_resized: int = 0
+    #: file -> why it was not read (see :attr:`~fastgrpo.data.loaders.LoadedRecords.skipped`)
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: records whose id an earlier record already has (in file order), and the first such ids
+    duplicate_ids: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
 
     @property
     def bad(self) -> int:
@@ -84,6 +94,11 @@ class CheckReport:
             "with_mask": self.with_mask,
             "with_target": self.with_target,
             "with_captions": self.with_captions,
+            "inputs_per_record": {str(n): c for n, c in sorted(self.inputs.items())},
+            "masks_resized": self.masks_resized,
+            "skipped_files": self.skipped,
+            "duplicate_ids": self.duplicate_ids,
+            "duplicate_examples": self.duplicate_examples,
             "resolutions": dict(self.resolutions.most_common()),
             "formats": dict(self.formats),
             "modes": dict(self.modes),
@@ -104,11 +119,12 @@ def check_dataset(
     decode: DecodeConfig | None = None,
     buckets: ResolutionBuckets | None = None,
     workers: int = 8,
+    split: str | None = None,
 ) -> CheckReport:
     """Check every record at ``path``; never stops early (the threshold only sets :attr:`CheckReport.passed`).
 
     Args:
-        path, preset, root: as for :func:`~fastgrpo.data.loaders.load_records`.
+        path, preset, root, split: as for :func:`~fastgrpo.data.loaders.load_records`.
         max_bad_fraction: the threshold to judge against.
         verify: decode every pixel (default) rather than reading headers only.
         decode: image limits (default :class:`DecodeConfig`).
@@ -119,7 +135,7 @@ def check_dataset(
         ValueError: the data cannot be read (missing path, unknown preset, unreadable file).
     """
     policy = BadInputPolicy(max_bad_fraction)
-    loaded = load_records(path, preset=preset, root=root)
+    loaded = load_records(path, preset=preset, root=root, split=split)
     tracker = BadInputTracker(loaded.total, policy, raise_on_excess=False, log=False)
     for problem in loaded.problems:
         tracker.add(problem)
@@ -134,7 +150,9 @@ def check_dataset(
         problems=tracker.problems,
         max_bad_fraction=max_bad_fraction,
         verified=verify,
+        skipped=dict(loaded.skipped),
     )
+    report.duplicate_ids, report.duplicate_examples = _duplicates(loaded.records)
     groups = set()
     config = decode or DecodeConfig()
     for result in scan_records(loaded.records, loaded.root, config, targets=True, verify=verify, workers=workers):
@@ -143,16 +161,30 @@ def check_dataset(
             continue
         record = loaded.records[result.index]
         groups.add(record.group_key)
-        _tally(report, record, result.source, buckets)
+        _tally(report, record, result, buckets)
     report.groups = len(groups)
     return report
 
 
-def _tally(
-    report: CheckReport, record: EditRecord, source: ImageHeader | None, buckets: ResolutionBuckets | None
-) -> None:
+def _duplicates(records: list[EditRecord], examples: int = 5) -> tuple[int, list[str]]:
+    """How many records reuse an id seen earlier, and the first ``examples`` such ids."""
+    seen: set[str] = set()
+    count, first = 0, []
+    for record in records:
+        if record.id in seen:
+            count += 1
+            if len(first) < examples and record.id not in first:
+                first.append(record.id)
+        seen.add(record.id)
+    return count, first
+
+
+def _tally(report: CheckReport, record: EditRecord, scan: RecordScan, buckets: ResolutionBuckets | None) -> None:
+    source = scan.source
     assert source is not None  # a record without problems has a source header
     report.usable += 1
+    report.inputs[len(record.inputs)] += 1
+    report.masks_resized += scan.mask_resized
     report.resolutions[str(source.size)] += 1
     report.formats[source.format] += 1
     report.modes[source.mode] += 1
@@ -177,6 +209,7 @@ def format_report(report: CheckReport, *, max_problems: int = 20) -> str:
     lines = [
         f"data check {report.path}: {verdict}",
         f"  files        {len(report.files)} ({files})",
+        *[f"  skipped      {name}: {why}" for name, why in report.skipped.items()],
         f"  data root    {report.root}",
         f"  rows         {report.rows}: {report.usable} usable, {report.bad} bad ({report.bad_fraction:.1%}; "
         f"limit {report.max_bad_fraction:.1%})",
@@ -184,12 +217,18 @@ def format_report(report: CheckReport, *, max_problems: int = 20) -> str:
         f"  images       {'decoded in full' if report.verified else 'headers only (--quick)'}",
         f"  sizes (WxH)  {_top(report.resolutions)}",
         f"  formats      {_top(report.formats)}; modes {_top(report.modes)}",
-        f"  masks        {report.with_mask} of {report.usable}; targets {report.with_target}; "
-        f"captions {report.with_captions}",
+        f"  inputs       per record: {', '.join(f'{n} x {c}' for n, c in sorted(report.inputs.items())) or '-'}",
+        f"  masks        {report.with_mask} of {report.usable} (masks resized: {report.masks_resized}); "
+        f"targets {report.with_target}; captions {report.with_captions}",
         f"  tasks        {_top(report.tasks)}",
     ]
     if report.buckets:
         lines.append(f"  buckets      {_top(report.buckets, 16)}")
+    if report.duplicate_ids:
+        lines.append(
+            f"  duplicate ids {report.duplicate_ids} records reuse an earlier record's id (first: "
+            f"{', '.join(repr(i) for i in report.duplicate_examples)}); ids name records in problems and reports"
+        )
     if report.problems:
         lines.append(f"  problems     {_top(report.reasons(), 20)}")
         for problem in report.problems[:max_problems]:
@@ -218,6 +257,7 @@ def run_check(
     quick: bool = False,
     buckets: str | None = None,
     out: TextIO | None = None,
+    split: str | None = None,
 ) -> int:
     """The ``fastgrpo data check`` command: print the report, return the exit status (0 ok, 1 too many bad
     records, 2 unreadable data or a bad argument)."""
@@ -225,7 +265,13 @@ def run_check(
     try:
         parsed = ResolutionBuckets(parse_resolutions(buckets)) if buckets else None
         report = check_dataset(
-            path, preset=preset, root=root, max_bad_fraction=max_bad_fraction, verify=not quick, buckets=parsed
+            path,
+            preset=preset,
+            root=root,
+            max_bad_fraction=max_bad_fraction,
+            verify=not quick,
+            buckets=parsed,
+            split=split,
         )
     except ValueError as error:
         print(f"fastgrpo data check: {error}", file=sys.stderr)

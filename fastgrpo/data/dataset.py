@@ -11,6 +11,13 @@ record of the same bucket (wrapping around), so the batch keeps its shape (a cap
 and its resolution; the sample says so in ``replaced``. All ``G`` copies of a condition decode the same way, so
 a group is replaced as a whole. With ``DataLoader`` workers each worker counts its own decode-time failures (added
 to the scan's count); each replaced sample carries its :class:`~fastgrpo.data.records.Problem` in ``replaced``.
+
+Records with several input images: the image to edit picks the bucket (its aspect ratio), and every reference image
+is resized and centre-cropped to that same bucket resolution, so that a batch holds one shape per input. The checks
+and the bad-input count cover every input image: a record whose reference does not decode is a bad record like one
+whose source does not. (A model that needs its references at their own sizes would need per-input buckets; no
+adapter does yet.) Masks of another size than their image are stretched to it (nearest neighbour); the scan counts
+them (:attr:`EditDataset.masks_resized`) and logs the count once.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from fastgrpo.data.buckets import Resolution, ResolutionBuckets
 from fastgrpo.data.formats import ColumnMap
 from fastgrpo.data.images import DecodeConfig, ImageHeader, decode_image, decode_mask
 from fastgrpo.data.loaders import load_records
-from fastgrpo.data.records import BadInputError, EditRecord, Problem
+from fastgrpo.data.records import BadInputError, EditRecord, Problem, input_field
 from fastgrpo.data.scan import scan_records
 
 __all__ = ["EditDataset", "EditSample"]
@@ -46,13 +53,15 @@ class EditSample:
     Attributes:
         index: dataset index of the record decoded (differs from the one asked for when ``replaced``).
         record: that record.
-        source: ``uint8 [H, W, 3]`` RGB at the bucket resolution.
+        source: ``uint8 [H, W, 3]`` RGB at the bucket resolution: the image to edit.
         mask: ``bool [H, W]`` region meant to change, or ``None`` when the record has no mask.
         target: ``uint8 [H, W, 3]`` or ``None`` (no target, or the dataset does not load targets).
         bucket: the resolution bucket index; ``resolution`` is its ``(width, height)``.
         original_size: the source image's own ``(width, height)``.
         crop_box: ``(left, top, right, bottom)`` of the source region kept, in original pixels.
         replaced: the problem of the record asked for, when this sample stands in for it; else ``None``.
+        references: the record's reference images, each ``uint8 [H, W, 3]`` at the same bucket resolution as
+            ``source`` (centre-cropped to its aspect ratio), in order; empty without references.
     """
 
     index: int
@@ -65,6 +74,12 @@ class EditSample:
     original_size: Resolution
     crop_box: tuple[float, float, float, float]
     replaced: Problem | None = None
+    references: tuple[np.ndarray, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[np.ndarray, ...]:
+        """Every input image, in order: ``(source, *references)``."""
+        return (self.source, *self.references)
 
 
 def _default_workers() -> int:
@@ -111,9 +126,12 @@ class EditDataset(Dataset):
         self.root = Path(root) if root is not None else None
         self.decode = decode or DecodeConfig()
         self.tracker = BadInputTracker(len(records) + len(skipped), policy)
+        #: usable records whose mask differs in size from their image (stretched to it when decoded)
+        self.masks_resized = 0
         for problem in skipped:
             self.tracker.add(problem)
-        if self.root is None and len(records) and isinstance(records[0].source, str):  # the usual slip, early
+        refers_to_files = len(records) and any(isinstance(ref, str) for ref in records[0].inputs)
+        if self.root is None and refers_to_files:  # the usual slip, caught before the scan
             raise ValueError("records refer to image files but no root was given; pass root=<the data folder>")
         if scan:
             keep, bucket_ids, sizes = self._scan(records, verify, workers or _default_workers())
@@ -139,11 +157,12 @@ class EditDataset(Dataset):
         columns: Mapping[str, str | Sequence[str]] | None = None,
         root: str | os.PathLike[str] | None = None,
         where: Mapping[str, str] | None = None,
+        split: str | None = None,
         **kwargs: Any,
     ) -> EditDataset:
-        """Load a JSONL/JSON/parquet file (or folder) and build the dataset; see :func:`load_records` for the
+        """Load a data file, folder or Hugging Face data set and build the dataset; see :func:`load_records` for the
         loading arguments and the class for the rest (``decode``, ``policy``, ``load_targets``, ...)."""
-        loaded = load_records(path, preset=preset, columns=columns, root=root, where=where)
+        loaded = load_records(path, preset=preset, columns=columns, root=root, where=where, split=split)
         return cls(loaded.records, buckets, root=loaded.root, skipped=loaded.problems, **kwargs)
 
     def _scan(
@@ -162,6 +181,12 @@ class EditDataset(Dataset):
             keep.append(result.index)
             bucket_ids.append(self.buckets.assign(result.source.width, result.source.height))
             sizes.append(result.source.size)
+            self.masks_resized += result.mask_resized
+        if self.masks_resized:
+            logger.info(
+                "%d masks differ in size from their image and are stretched to it (nearest neighbour)",
+                self.masks_resized,
+            )
         logger.info(
             "scanned %d records in %.1f s: %d usable; %s",
             len(records),
@@ -194,6 +219,10 @@ class EditDataset(Dataset):
         field = "source"
         try:
             source, header, box = decode_image(record.source, self.root, self.decode, out=out)
+            references = []
+            for position, ref in enumerate(record.references, start=1):
+                field = input_field(position)
+                references.append(decode_image(ref, self.root, self.decode, out=out, field=field)[0])
             field = "mask"
             mask = self._mask(record, header, out)
             field = "target"
@@ -203,7 +232,7 @@ class EditDataset(Dataset):
         except BadInputError as error:
             error.field = field
             raise
-        return EditSample(index, record, source, mask, target, bucket, out, header.size, box)
+        return EditSample(index, record, source, mask, target, bucket, out, header.size, box, None, tuple(references))
 
     def _mask(self, record: EditRecord, header: ImageHeader, out: Resolution) -> np.ndarray | None:
         if record.mask is None:

@@ -14,7 +14,8 @@ conversion would silently change colours or clip values. EXIF orientation is app
 
 Mask policy: a mask is ``True`` where the image is meant to change. If the mask image has an alpha channel that is
 not fully opaque, transparent pixels (alpha < 128) are the region (the DALL-E 2 edit-API convention); otherwise
-bright pixels (luminance >= 128, the diffusers inpainting convention) are.
+bright pixels (luminance >= 128, the diffusers inpainting convention) are. A mask of another size than its image is
+stretched to the image's size (nearest neighbour) rather than refused.
 
 Note: PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (set by some libraries) makes PIL pad truncated
 files silently; fastgrpo never sets it, and detects truncation only while it is ``False`` (PIL's default).
@@ -35,10 +36,19 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fastgrpo.data.buckets import Resolution, crop_box
+from fastgrpo.data.lazy_images import ArrowImage
 from fastgrpo.data.paths import open_under_root
 from fastgrpo.data.records import BadInputError, ImageRef
 
-__all__ = ["SUPPORTED_MODES", "DecodeConfig", "ImageHeader", "decode_image", "decode_mask", "probe_image"]
+__all__ = [
+    "SUPPORTED_MODES",
+    "DecodeConfig",
+    "ImageHeader",
+    "decode_image",
+    "decode_mask",
+    "mask_resized",
+    "probe_image",
+]
 
 SUPPORTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "1"})
 _RESAMPLE = {
@@ -112,6 +122,8 @@ def _label(field: str, ref: ImageRef) -> str:
         return f"{field} image {ref!r}"
     if isinstance(ref, bytes | bytearray | memoryview):
         return f"{field} image ({len(ref)} bytes)"
+    if isinstance(ref, ArrowImage):
+        return f"{field} image (Arrow column {ref.column!r})"
     return f"{field} array"
 
 
@@ -155,6 +167,11 @@ def _header(img: Image.Image, label: str, config: DecodeConfig) -> ImageHeader:
 
 @contextmanager
 def _open(ref: ImageRef, root: str | Path | None, config: DecodeConfig, label: str) -> Iterator[Image.Image]:
+    if isinstance(ref, ArrowImage):  # read now, from the memory-mapped file; dropped with the stream
+        cell = ref.read()
+        if cell is None:
+            raise BadInputError("missing_image", f"{label} is empty: its cell holds neither image bytes nor a path")
+        ref = cell
     if isinstance(ref, str):
         if root is None:
             raise BadInputError("missing_file", f"{label} is a path but no data root was given; pass root=")
@@ -199,10 +216,10 @@ def probe_image(
     """Read and check an image's header; with ``verify`` also decode it fully (and check PNG CRCs).
 
     Args:
-        ref: path (relative to ``root``), encoded bytes or an array.
+        ref: path (relative to ``root``), encoded bytes, an Arrow image cell (read now) or an array.
         root: the data root (needed for paths).
         config: the limits.
-        field: ``"source"``, ``"mask"`` or ``"target"``, for messages.
+        field: ``"source"``, ``"reference <k>"``, ``"mask"`` or ``"target"``, for messages.
         verify: decode every pixel; slower, but also finds truncated and corrupt image data.
 
     Returns:
@@ -270,11 +287,12 @@ def decode_image(
     """Decode an image to RGB and resize-crop it to ``out``.
 
     Args:
-        ref: path (relative to ``root``), encoded bytes, or ``uint8 [H, W, 3]`` pixels.
+        ref: path (relative to ``root``), encoded bytes, an Arrow image cell (read now), or ``uint8 [H, W, 3]``
+            pixels.
         root: the data root (needed for paths).
         config: limits, resampling filter, JPEG draft mode.
         out: the bucket resolution; ``None`` keeps the image's own size.
-        field: ``"source"`` or ``"target"``, for messages.
+        field: ``"source"``, ``"reference <k>"`` or ``"target"``, for messages.
 
     Returns:
         ``(pixels, header, box)``: ``uint8 [out.height, out.width, 3]`` (C-contiguous, writable), the image's
@@ -325,18 +343,23 @@ def decode_mask(
 ) -> np.ndarray:
     """Decode a mask to ``bool [H, W]`` aligned with its source image (see the module's mask policy).
 
+    A mask of another size than its source image is stretched to the source's size first, with nearest-neighbour
+    resampling (the fix the MagicBrush maintainers advise for its masks that differ in size from their image,
+    MagicBrush repository issue #10); :func:`mask_resized` says whether that happens, so that callers can count it.
+
     Args:
-        ref: path, encoded bytes, or ``bool``/``uint8 [H, W]`` array (non-zero / >= 128 = change).
+        ref: path, encoded bytes, an Arrow image cell, or ``bool``/``uint8 [H, W]`` array (non-zero / >= 128 =
+            change).
         root: the data root (needed for paths).
         config: limits.
-        source: the source image's header; the mask must have the same (oriented) size.
+        source: the source image's header.
         out: the bucket resolution the source went to (``None``: the source's own size).
 
     Returns:
         ``bool [out.height, out.width]``, cropped with the source's crop box, nearest-neighbour resampled.
 
     Raises:
-        BadInputError: ``mask_mismatch`` when the sizes differ, or any image problem of the mask file.
+        BadInputError: any image problem of the mask file (missing, corrupt, a decompression bomb, ...).
     """
     label = _label("mask", ref)
     if isinstance(ref, np.ndarray):
@@ -346,12 +369,17 @@ def decode_mask(
         with _open(ref, root, config, label) as raw:
             header = _header(raw, label, config)
             levels = _mask_levels(_load(raw, label, header, (0, 0, 1, 1), None, draft=False))
-    if header.size != source.size:
-        raise BadInputError(
-            "mask_mismatch",
-            f"{label} is {header.size}, the source image is {source.size}; masks must match their source",
+    size = out if out is not None else source.size
+    box = crop_box(source.size, size)
+    if header.size != size or box != (0.0, 0.0, float(source.width), float(source.height)):
+        # the crop box is in the source's pixels; scaled to the mask's own, crop and stretch are one pass
+        fx, fy = header.width / source.width, header.height / source.height
+        levels = levels.resize(
+            tuple(size), Image.Resampling.NEAREST, box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
         )
-    if out is not None and out != header.size:
-        box = crop_box(header.size, out)
-        levels = levels.resize(tuple(out), Image.Resampling.NEAREST, box=box)
     return np.array(levels, dtype=np.uint8) >= 128
+
+
+def mask_resized(mask: ImageHeader, source: ImageHeader) -> bool:
+    """Whether :func:`decode_mask` stretches a mask of header ``mask`` to its source image (their sizes differ)."""
+    return mask.size != source.size

@@ -4,11 +4,18 @@ Every loader (JSONL, JSON, parquet, the synthetic task) produces :class:`EditRec
 (the dataset, the sampler, ``fastgrpo data check``) sees only this type. A record *refers* to its images; decoding
 happens later, under the safety limits of :mod:`fastgrpo.data.images`.
 
+A record has one or more *input* images, in order: the image to edit (``source``) first, then reference images
+(``references``: Flow-GRPO's ``dual_ref`` set pairs a control image with a referenced one; Qwen-Image-Edit-2509 and
+FLUX.2 take several input images). Messages and :class:`Problem` name an image by its field: ``"source"``,
+``"reference 1"``, ``"reference 2"``, ..., ``"mask"``, ``"target"``.
+
 An image reference (:data:`ImageRef`) is one of
 
 - ``str``: a path relative to the data root (``"images/0001.png"``); absolute paths and paths that leave the root
   (``..``, symlinks pointing outside) are refused when the image is read;
 - ``bytes``: the encoded file (PNG, JPEG, WebP, ...), as embedded in parquet data sets;
+- :class:`~fastgrpo.data.lazy_images.ArrowImage`: an image cell of a memory-mapped Arrow table (Hugging Face data
+  sets), whose bytes are read only when the image is probed or decoded;
 - ``numpy.ndarray``: decoded pixels, ``uint8 [H, W, 3]`` for images, ``bool [H, W]`` for masks (the synthetic task).
 """
 
@@ -22,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fastgrpo.core.advantages import GroupKey
+from fastgrpo.data.lazy_images import ArrowImage
 
 __all__ = [
     "REASONS",
@@ -31,10 +39,12 @@ __all__ = [
     "ImageRef",
     "Problem",
     "Reason",
+    "input_field",
 ]
 
-ImageRef = str | bytes | np.ndarray
-ImageField = Literal["source", "mask", "target"]
+ImageRef = str | bytes | ArrowImage | np.ndarray
+#: the name of one image of a record: ``"source"``, ``"reference <k>"`` (k = 1, 2, ...), ``"mask"`` or ``"target"``
+ImageField = str
 
 Reason = Literal[
     "bad_row",
@@ -52,7 +62,6 @@ Reason = Literal[
     "truncated_image",
     "corrupt_image",
     "bad_array",
-    "mask_mismatch",
 ]
 REASONS: dict[str, str] = {
     "bad_row": "the row is not a JSON object / a value has the wrong type",
@@ -70,7 +79,6 @@ REASONS: dict[str, str] = {
     "truncated_image": "the file ends before the image data does",
     "corrupt_image": "not an image in an allowed format, or its data does not decode",
     "bad_array": "an in-memory image with the wrong dtype or shape",
-    "mask_mismatch": "the mask's size differs from the source image's",
 }
 
 
@@ -87,7 +95,7 @@ class BadInputError(ValueError):
         super().__init__(message)
         self.reason: Reason = reason
         self.message = message
-        self.field = field  # "source", "mask" or "target" when known
+        self.field = field  # "source", "reference <k>", "mask" or "target" when known
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,8 @@ class Problem:
         origin: where the record came from, ``"train.jsonl:line 17"`` or ``"part-0.parquet:row 16"``.
         reason: a key of :data:`REASONS`.
         message: one sentence naming the offending value and, where there is one, the fix.
-        field: the image the problem is about (``"source"``, ``"mask"``, ``"target"``), or ``None``.
+        field: the image the problem is about (``"source"``, ``"reference 1"``, ..., ``"mask"``, ``"target"``), or
+            ``None``.
     """
 
     record: str
@@ -116,24 +125,30 @@ class Problem:
 def _check_ref(name: str, ref: object, *, optional: bool) -> None:
     if ref is None and optional:
         return
-    if isinstance(ref, str | bytes | np.ndarray):
+    if isinstance(ref, str | bytes | ArrowImage | np.ndarray):
         return
     raise ValueError(
         f"EditRecord.{name} is a {type(ref).__name__}; pass a path relative to the data root (str), the encoded "
-        "file (bytes) or decoded pixels (numpy array)"
+        "file (bytes), an Arrow image cell (ArrowImage) or decoded pixels (numpy array)"
     )
+
+
+def input_field(position: int) -> ImageField:
+    """The field name of input image ``position``: ``"source"`` for 0 (the image to edit), ``"reference <k>"``
+    for the ``k``-th reference image."""
+    return "source" if position == 0 else f"reference {position}"
 
 
 @dataclass(frozen=True, eq=False)
 class EditRecord:
-    """One (source image, instruction) condition and what else the data set knows about it.
+    """One condition (the image to edit, any reference images, the instruction) and what else the data set knows.
 
     Attributes:
         id: identifier, unique within its data set where the data provides one (else ``"<file>:<row>"``).
-        source: the image to edit (:data:`ImageRef`).
+        source: the image to edit (:data:`ImageRef`), the first input image.
         instruction: the edit instruction, verbatim (non-empty after stripping whitespace).
         mask: optional image of the region meant to change (white / non-zero, or transparent, = change; see
-            :func:`fastgrpo.data.images.decode_mask`).
+            :func:`fastgrpo.data.images.decode_mask`); a mask of another size than ``source`` is resized to it.
         target: optional ground-truth edited image; GRPO never trains on it (evaluation and rewards only).
         input_caption: optional caption of the source image.
         output_caption: optional caption of the edited image.
@@ -141,6 +156,9 @@ class EditRecord:
         origin: where the record came from (``"file.jsonl:line 3"``), for messages.
         metadata: other columns the format declares (GEdit-Bench's language, Flow-GRPO's tags, the synthetic
             task's ``EditSpec``), read-only.
+        references: further input images after ``source``, in order (a tuple of :data:`ImageRef`; a list is
+            accepted and stored as a tuple); empty for the usual single-image edit. :attr:`inputs` is
+            ``(source, *references)``.
 
     Raises:
         ValueError: a field has the wrong type, ``id`` is empty or ``instruction`` is empty.
@@ -156,6 +174,7 @@ class EditRecord:
     task: str | None = None
     origin: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    references: tuple[ImageRef, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -165,21 +184,47 @@ class EditRecord:
         _check_ref("source", self.source, optional=False)
         _check_ref("mask", self.mask, optional=True)
         _check_ref("target", self.target, optional=True)
+        if not isinstance(self.references, tuple | list):
+            raise ValueError(
+                f"EditRecord.references is a {type(self.references).__name__}; pass a tuple of image references "
+                "(the input images after the source), () for none"
+            )
+        for i, ref in enumerate(self.references):
+            _check_ref(f"references[{i}]", ref, optional=False)
+        object.__setattr__(self, "references", tuple(self.references))
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     @property
+    def inputs(self) -> tuple[ImageRef, ...]:
+        """Every input image, in order: ``(source, *references)``."""
+        return (self.source, *self.references)
+
+    @property
     def source_id(self) -> str:
-        """Stable identity of the source image: its path when it is a file, else the record id."""
+        """Stable identity of the source image: its path when it is a file, else (bytes, an Arrow cell, an array)
+        the record id."""
         return self.source if isinstance(self.source, str) else self.id
 
     @property
-    def group_key(self) -> GroupKey:
-        """The GRPO group of this condition: source image id + instruction (SPEC S3)."""
-        return GroupKey(self.source_id, self.instruction)
+    def inputs_id(self) -> str:
+        """Stable identity of all input images: :attr:`source_id` alone without references, else the identities
+        of every input joined with ``" | "`` (a path, or ``"<id>:<field>"`` for bytes, Arrow cells and arrays)."""
+        if not self.references:
+            return self.source_id
+        parts = [ref if isinstance(ref, str) else f"{self.id}:{input_field(i)}" for i, ref in enumerate(self.inputs)]
+        return " | ".join(parts)
 
-    def images(self) -> dict[str, ImageRef]:
-        """The image references present, keyed ``"source"``, ``"mask"``, ``"target"``."""
-        refs = {"source": self.source, "mask": self.mask, "target": self.target}
+    @property
+    def group_key(self) -> GroupKey:
+        """The GRPO group of this condition: input image ids + instruction (SPEC S3); with a single input image,
+        the source image id + instruction."""
+        return GroupKey(self.inputs_id, self.instruction)
+
+    def images(self) -> dict[ImageField, ImageRef]:
+        """The image references present, in order, keyed ``"source"``, ``"reference 1"``, ..., ``"mask"``,
+        ``"target"``."""
+        refs: dict[ImageField, ImageRef | None] = {input_field(i): ref for i, ref in enumerate(self.inputs)}
+        refs |= {"mask": self.mask, "target": self.target}
         return {name: ref for name, ref in refs.items() if ref is not None}
 
     def __getstate__(self) -> dict[str, Any]:

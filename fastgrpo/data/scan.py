@@ -1,10 +1,10 @@
 """Probing records before training: every image header checked, every record's bucket known, in parallel.
 
-A scan reads each referenced image's header (size, mode, format; a few KB per file, no pixel decoding) unless
-``verify`` asks for a full decode. It is what lets the dataset assign resolution buckets up front (the sampler
-needs them before the first batch) and count bad inputs against the threshold before any GPU time is spent.
-Header reads are I/O-bound, so they run on a thread pool, in chunks, so that a run that is going to stop does so
-after at most one chunk past the threshold.
+A scan reads the header of each image a record refers to (every input image, the mask, the target when asked for:
+size, mode, format; a few KB per file, no pixel decoding) unless ``verify`` asks for a full decode. It is what lets
+the dataset assign resolution buckets up front (the sampler needs them before the first batch) and count bad inputs
+against the threshold before any GPU time is spent. Header reads are I/O-bound, so they run on a thread pool, in
+chunks, so that a run that is going to stop does so after at most one chunk past the threshold.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastgrpo.data.images import DecodeConfig, ImageHeader, probe_image
-from fastgrpo.data.records import BadInputError, EditRecord, Problem
+from fastgrpo.data.images import DecodeConfig, ImageHeader, mask_resized, probe_image
+from fastgrpo.data.records import BadInputError, EditRecord, Problem, input_field
 
 __all__ = ["RecordScan", "scan_record", "scan_records"]
 
@@ -32,6 +32,8 @@ class RecordScan:
         mask: the mask's header, ``None`` when there is no mask (or the record is bad).
         target: the target's header, ``None`` when there is none or targets were not scanned.
         problem: the first problem found, or ``None`` for a usable record.
+        references: the reference images' headers, in order (empty without references, or when the record is
+            bad).
     """
 
     index: int
@@ -39,6 +41,12 @@ class RecordScan:
     mask: ImageHeader | None = None
     target: ImageHeader | None = None
     problem: Problem | None = None
+    references: tuple[ImageHeader, ...] = ()
+
+    @property
+    def mask_resized(self) -> bool:
+        """The mask differs in size from the source image and will be stretched to it when decoded."""
+        return self.mask is not None and self.source is not None and mask_resized(self.mask, self.source)
 
 
 def _problem(record: EditRecord, error: BadInputError, field: str) -> Problem:
@@ -54,23 +62,18 @@ def scan_record(
     targets: bool = False,
     verify: bool = False,
 ) -> RecordScan:
-    """Check one record's images (source, mask, and the target if ``targets``); never raises for bad input."""
-    headers: dict[str, ImageHeader | None] = {"source": None, "mask": None, "target": None}
-    for field in ("source", "mask", "target"):
-        ref = getattr(record, field)
-        if ref is None or (field == "target" and not targets):
+    """Check one record's images (every input image, the mask, and the target if ``targets``); never raises for
+    bad input."""
+    headers: dict[str, ImageHeader] = {}
+    for field, ref in record.images().items():
+        if field == "target" and not targets:
             continue
         try:
             headers[field] = probe_image(ref, root, config, field=field, verify=verify)
         except BadInputError as error:
             return RecordScan(index, None, problem=_problem(record, error, field))
-    source, mask = headers["source"], headers["mask"]
-    if mask is not None and source is not None and mask.size != source.size:
-        error = BadInputError(
-            "mask_mismatch", f"mask image is {mask.size}, the source image is {source.size}; masks must match"
-        )
-        return RecordScan(index, None, problem=_problem(record, error, "mask"))
-    return RecordScan(index, source, mask, headers["target"])
+    references = tuple(headers[input_field(i)] for i in range(1, len(record.inputs)))
+    return RecordScan(index, headers["source"], headers.get("mask"), headers.get("target"), references=references)
 
 
 def scan_records(

@@ -16,6 +16,12 @@ the weights); :meth:`EditModel.lora_state_dict` names the adapter's weights; :me
 :meth:`EditModel.load_lora` use the diffusers LoRA format. :meth:`EditModel.compile_blocks` compiles the repeated
 transformer blocks in place (``runtime.compile``).
 
+Input images: a condition has the image to edit and, in some data sets, reference images after it (Flow-GRPO's
+``dual_ref``; Qwen-Image-Edit-2509 and FLUX.2 take several input images). :attr:`EditModel.max_input_images` says
+how many a model takes; :meth:`EditModel.encode` receives each condition's references as a list and refuses ones it
+cannot use (:meth:`EditModel.check_references`), never dropping them silently. Every adapter here (FLUX.1 Kontext,
+Qwen-Image-Edit, the tiny editor) takes one.
+
 Conventions (SPEC): rectified flow, ``t`` in [0, 1] with 1 = noise, the velocity is ``v = eps - x_0``; images are
 float tensors ``[B, 3, H, W]`` in [0, 1] at the boundary (PIL images and uint8 arrays are converted by
 :func:`images_to_tensor`).
@@ -181,6 +187,8 @@ class EditModel(abc.ABC):
 
     #: model type name used in configs (``"flux_kontext"``, ``"qwen_image_edit"``, ``"tiny"``)
     model_type: str = ""
+    #: input images per condition the model takes: the image to edit plus this many minus one references
+    max_input_images: int = 1
 
     @property
     @abc.abstractmethod
@@ -202,8 +210,33 @@ class EditModel(abc.ABC):
         instructions: Sequence[str] | None = None,
         *,
         prompt_embeds: Mapping[str, Tensor] | None = None,
+        references: Sequence[Sequence[Any]] | None = None,
     ) -> Condition:
-        """Encode source images (see :func:`images_to_tensor`) and instructions, or injected prompt embeddings."""
+        """Encode source images (see :func:`images_to_tensor`) and instructions, or injected prompt embeddings;
+        ``references``: per condition, its reference images (uint8 ``[H, W, 3]`` arrays), checked with
+        :meth:`check_references`."""
+
+    def check_references(self, references: Sequence[Sequence[Any]] | None) -> None:
+        """Refuse reference images this model cannot take.
+
+        Args:
+            references: per condition, its reference images (``None`` or empty lists: none).
+
+        Raises:
+            ValueError: a condition has more than ``max_input_images - 1`` references; the message names the model,
+                says that it would not use them, and names the fix.
+        """
+        counts = [len(refs) for refs in references or ()]
+        over = [n for n in counts if n > self.max_input_images - 1]
+        if not over:
+            return
+        takes = "one input image" if self.max_input_images == 1 else f"{self.max_input_images} input images"
+        raise ValueError(
+            f"{type(self).__name__} takes {takes} per condition (the image to edit), but {len(over)} of "
+            f"{len(counts)} conditions also have reference images (up to {max(over)} each); it would not use them, "
+            "and no model adapter takes several input images yet: use records with one input image "
+            "(data.multi_input=skip leaves the others out)"
+        )
 
     @abc.abstractmethod
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:

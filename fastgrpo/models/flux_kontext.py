@@ -155,12 +155,18 @@ class FluxKontextEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
         instructions: Sequence[str] | None = None,
         *,
         prompt_embeds: Mapping[str, Tensor] | None = None,
+        references: Sequence[Sequence[Any]] | None = None,
     ) -> Condition:
         """Source images (see :func:`images_to_tensor`) + instructions or injected embeddings -> :class:`Condition`
         with ``prompt_embeds [B, L, D]``, ``pooled_prompt_embeds [B, P]``, ``source_latents [B, N, C]``.
 
-        Raises ``ValueError`` for images of the wrong mode/size/range and missing or mis-shaped embeddings.
+        FLUX.1 Kontext takes one input image per condition: ``references`` (per condition, its reference images)
+        must be empty (:meth:`~fastgrpo.models.base.EditModel.check_references`).
+
+        Raises ``ValueError`` for images of the wrong mode/size/range, missing or mis-shaped embeddings, and
+        reference images.
         """
+        self.check_references(references)
         images = images_to_tensor(sources)
         height, width = images.shape[-2:]
         self.latent_shape(height, width)

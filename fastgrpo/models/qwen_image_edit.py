@@ -165,13 +165,20 @@ class QwenImageEditModel(PackedLatentsMixin, LoRAAdapterMixin, EditModel):
         instructions: Sequence[str] | None = None,
         *,
         prompt_embeds: Mapping[str, Tensor] | None = None,
+        references: Sequence[Sequence[Any]] | None = None,
     ) -> Condition:
         """Source images + instructions (or injected embeddings) -> :class:`Condition` with ``prompt_embeds``,
         ``prompt_embeds_mask``, ``source_latents`` (and ``negative_*`` with true CFG); prompts of different
         lengths can be concatenated later (:meth:`Condition.cat` pads them).
 
-        Raises ``ValueError`` for images of the wrong mode/size/range and missing or mis-shaped embeddings.
+        The original Qwen-Image-Edit takes one input image per condition: ``references`` (per condition, its
+        reference images) must be empty (:meth:`~fastgrpo.models.base.EditModel.check_references`; the 2509/2511
+        releases, which take several, have no adapter yet).
+
+        Raises ``ValueError`` for images of the wrong mode/size/range, missing or mis-shaped embeddings, and
+        reference images.
         """
+        self.check_references(references)
         images = images_to_tensor(sources)
         height, width = images.shape[-2:]
         self.latent_shape(height, width)

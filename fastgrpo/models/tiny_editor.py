@@ -4,7 +4,8 @@ It runs through exactly the adapter code of FLUX.1 Kontext
 (:class:`~fastgrpo.models.flux_kontext.FluxKontextEditModel`: 2x2 packing, the source image as context tokens, the
 same ``velocity``), with two substitutions that need no download: a lossless pixel-space codec
 (:class:`~fastgrpo.models.tiny_text.PixelCodec`) instead of a VAE, and a word-level prompt encoder
-(:class:`~fastgrpo.models.tiny_text.VocabPromptEncoder`) instead of CLIP + T5. Two sets of weights ship,
+(:class:`~fastgrpo.models.tiny_text.VocabPromptEncoder`) instead of CLIP + T5; like FLUX.1 Kontext it takes one
+input image per condition (reference images are refused). Two sets of weights ship,
 one per image size of the synthetic task of :mod:`fastgrpo.data.synthetic`: ``weights/tiny_editor.safetensors``
 (32x32 pixels, rebuilt by ``python -m fastgrpo.train.pretrain_tiny``) and ``weights/tiny_editor_16.safetensors``
 (16x16, ``... pretrain_tiny --size 16 --steps 4000``; the demo's: a quarter of the pixels makes each GRPO gradient

@@ -165,6 +165,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         as_json=args.json,
         quick=args.quick,
         buckets=args.buckets,
+        split=args.split,
     )
 
 
@@ -172,13 +173,15 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="inspect edit data sets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="validate a data set and print a summary (exit 1: too many bad)")
-    check.add_argument("path", help="a .jsonl/.json/.parquet file or a folder of them")
+    check.add_argument("path", help="a .jsonl/.json/.parquet/.arrow file, a folder of them, a save_to_disk folder "
+                                    "or hf://owner/name (from the local Hugging Face cache)")  # fmt: skip
     check.add_argument("--preset", default="auto", help="column layout (auto, fastgrpo, magicbrush, emu_edit, ...)")
     check.add_argument("--root", default=None, help="folder image paths are relative to (default: the file's)")
     check.add_argument("--max-bad-fraction", type=float, default=0.05, help="tolerated bad fraction (0.05 = 5%%)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--quick", action="store_true", help="read image headers only, do not decode pixels")
     check.add_argument("--buckets", default=None, help="also count records per bucket, e.g. 512x512,768x512")
+    check.add_argument("--split", default=None, help="Hugging Face data set split (default: train, or the only one)")
     check.set_defaults(func=cmd_data_check)
 
 

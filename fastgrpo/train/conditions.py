@@ -9,10 +9,15 @@ batch gives the same samples whatever ``W`` is.
 
 Sources: the built-in synthetic task (condition ``c`` of iteration ``s`` is task sample ``s · P · W + c``) or a
 data set (``EditDataset`` + the seeded ``GroupBatchSampler`` epoch schedule, one resolution bucket per batch).
+A data set's reference images (records with several input images) travel in ``ConditionItem.references`` to the
+model's ``encode``; when the model takes fewer input images, :func:`limit_inputs` refuses such records before
+training starts (``data.multi_input=refuse``, the default) or leaves them out (``skip``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +41,17 @@ __all__ = [
     "reward_batch",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: held-out synthetic conditions come from this task seed offset (the same as the tiny editor's pre-training)
 HELD_OUT_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True, eq=False)
 class ConditionItem:
-    """One condition: ``source uint8 [H, W, 3]``, instruction, optional mask/captions/spec (synthetic task)."""
+    """One condition: ``source uint8 [H, W, 3]`` (the image to edit), instruction, optional mask/captions/spec
+    (synthetic task), and ``references``: further input images, each ``uint8 [H, W, 3]`` at the source's
+    resolution (empty for a single-image edit; :attr:`inputs` is ``(source, *references)``)."""
 
     id: str
     source: np.ndarray
@@ -50,6 +59,12 @@ class ConditionItem:
     mask: np.ndarray | None = None
     captions: tuple[str | None, str | None] | None = None
     spec: EditSpec | None = None
+    references: tuple[np.ndarray, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[np.ndarray, ...]:
+        """Every input image, in order: ``(source, *references)``."""
+        return (self.source, *self.references)
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,8 @@ def encode_batch(model: EditModel, batch: RankBatch) -> Condition:
     """``batch``'s conditions encoded once each, then one row per sample (groups repeated), on the model's
     device."""
     sources = images_to_tensor([item.source for item in batch.items])
-    cond = model.encode(sources, [item.instruction for item in batch.items])
+    references = [list(item.references) for item in batch.items]
+    cond = model.encode(sources, [item.instruction for item in batch.items], references=references)
     return cond.index_select(batch.item_of_sample.to(model.device))
 
 
@@ -176,17 +192,30 @@ class SyntheticSource(ConditionSource):
 
 
 class DatasetSource(ConditionSource):
-    """A data set on disk: a seeded ``held_out`` records are kept out of training for evaluation."""
+    """A data set on disk: a seeded ``held_out`` records are kept out of training for evaluation.
 
-    def __init__(self, cfg: DataConfig, seed: int, conditions_per_step: int) -> None:
+    ``max_inputs`` (the model's :attr:`~fastgrpo.models.base.EditModel.max_input_images`, named ``model_type`` in
+    messages) applies ``cfg.multi_input`` to records with more input images than that, before anything else: see
+    :func:`limit_inputs`. ``None`` keeps every record (the model's ``encode`` then refuses what it cannot take).
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        seed: int,
+        conditions_per_step: int,
+        *,
+        max_inputs: int | None = None,
+        model_type: str | None = None,
+    ) -> None:
         from fastgrpo.data.badinput import BadInputPolicy
         from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
         from fastgrpo.data.dataset import EditDataset
         from fastgrpo.data.loaders import load_records
         from fastgrpo.data.sampler import GroupBatchSampler
 
-        loaded = load_records(cfg.source, preset=cfg.preset, root=cfg.root)  # type: ignore[arg-type]
-        records = list(loaded.records)
+        loaded = load_records(cfg.source, preset=cfg.preset, root=cfg.root, split=cfg.split)  # type: ignore[arg-type]
+        records = limit_inputs(list(loaded.records), cfg, max_inputs, model_type)
         held = cfg.held_out
         if held >= len(records):
             raise ValueError(
@@ -230,7 +259,7 @@ def dataset_item(sample: Any) -> ConditionItem:
     record = sample.record
     captions = (record.input_caption, record.output_caption)
     spec = record.metadata.get("spec") if isinstance(record.metadata.get("spec"), EditSpec) else None
-    return ConditionItem(record.id, sample.source, record.instruction, sample.mask, captions, spec)
+    return ConditionItem(record.id, sample.source, record.instruction, sample.mask, captions, spec, sample.references)
 
 
 def items_by_bucket(dataset: Any, count: int | None = None) -> list[list[ConditionItem]]:
@@ -241,8 +270,52 @@ def items_by_bucket(dataset: Any, count: int | None = None) -> list[list[Conditi
     return [[dataset_item(s) for s in dataset.__getitems__(idx)] for _, idx in sorted(groups.items())]
 
 
-def build_condition_source(cfg: DataConfig, seed: int, conditions_per_step: int) -> ConditionSource:
-    """The source ``cfg`` names; ``conditions_per_step`` is ``P · W``."""
+def limit_inputs(records: list[Any], cfg: DataConfig, max_inputs: int | None, model_type: str | None) -> list[Any]:
+    """``records`` (``EditRecord`` s) with at most ``max_inputs`` input images each, by ``cfg.multi_input``.
+
+    Raises:
+        ValueError: with ``refuse``, some records have more input images (the message counts the records per number
+            of inputs, names ``model.type`` and the fix); with ``skip``, every record has more.
+    """
+    if max_inputs is None:
+        return records
+    counts = Counter(len(r.inputs) for r in records)
+    over = sum(n for inputs, n in counts.items() if inputs > max_inputs)
+    if not over:
+        return records
+    per_record = ", ".join(f"{inputs} x {n}" for inputs, n in sorted(counts.items()))
+    model = f"model.type={model_type}" if model_type else "the model"
+    takes = "one input image" if max_inputs == 1 else f"{max_inputs} input images"
+    kept = [r for r in records if len(r.inputs) <= max_inputs]
+    if cfg.multi_input == "refuse" or not kept:
+        fix = (
+            f"set data.multi_input=skip to train on the {len(kept)} records with {takes} or fewer, or use a data set "
+            "without reference images"
+            if kept
+            else "use a data set whose records have one input image"
+        )
+        raise ValueError(
+            f"data.source={cfg.source}: {over} of {len(records)} records have reference images (input images per "
+            f"record: {per_record}), but {model} takes {takes} per condition (the image to edit) and would not use "
+            f"them; no model adapter takes several input images yet. To fix: {fix}"
+        )
+    logger.warning(
+        "data.multi_input=skip: left out %d of %d records of %s that have reference images (%s takes %s)",
+        over, len(records), cfg.source, model, takes,
+    )  # fmt: skip
+    return kept
+
+
+def build_condition_source(
+    cfg: DataConfig,
+    seed: int,
+    conditions_per_step: int,
+    *,
+    max_inputs: int | None = None,
+    model_type: str | None = None,
+) -> ConditionSource:
+    """The source ``cfg`` names; ``conditions_per_step`` is ``P · W``; ``max_inputs`` and ``model_type`` as for
+    :class:`DatasetSource` (the synthetic task has one input image)."""
     if cfg.is_synthetic:
         return SyntheticSource(cfg.synthetic_size, seed, conditions_per_step, cfg.held_out)
-    return DatasetSource(cfg, seed, conditions_per_step)
+    return DatasetSource(cfg, seed, conditions_per_step, max_inputs=max_inputs, model_type=model_type)

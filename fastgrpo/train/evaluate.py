@@ -22,7 +22,15 @@ from fastgrpo.train.conditions import ConditionItem, reward_batch
 from fastgrpo.train.ode_sampling import sample_ode
 from fastgrpo.train.parallel.distributed import DistContext
 
-__all__ = ["HeldOutEvaluation", "edit_conditions", "evaluate_conditions", "item_noise", "run_evaluation", "summarise"]
+__all__ = [
+    "HeldOutEvaluation",
+    "data_set_conditions",
+    "edit_conditions",
+    "evaluate_conditions",
+    "item_noise",
+    "run_evaluation",
+    "summarise",
+]
 
 EVAL_NOISE_SALT = 0x5EED
 
@@ -55,7 +63,8 @@ def edit_conditions(
             rows = mine[start : start + batch_size]
             chunk = [items[i] for i in rows]
             height, width = chunk[0].source.shape[:2]
-            cond = model.encode(images_to_tensor([c.source for c in chunk]), [c.instruction for c in chunk])
+            cond = model.encode(images_to_tensor([c.source for c in chunk]), [c.instruction for c in chunk],
+                                references=[list(c.references) for c in chunk])  # fmt: skip
             noise = torch.cat([item_noise(model, index_base + i, height, width, seed) for i in rows])
             latents = sample_ode(model, cond, eval_steps, noise)
             yield [index_base + i for i in rows], chunk, model.decode_uint8(latents, height, width).numpy()
@@ -137,7 +146,7 @@ class HeldOutEvaluation:
                                    seed=e.seed, dist=e.dist, gold=e.gold)  # fmt: skip
 
 
-def _all_conditions(cfg: Any, path: str, limit: int | None) -> list[list[ConditionItem]]:
+def data_set_conditions(cfg: Any, path: str, limit: int | None) -> list[list[ConditionItem]]:
     """Every usable record of the data set at ``path``, grouped by resolution bucket."""
     from fastgrpo.data.badinput import BadInputPolicy
     from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
@@ -189,9 +198,10 @@ def run_evaluation(
         model.load_lora(lora)
         weights = f"LoRA {lora}"
     if data is not None:
-        groups = _all_conditions(cfg, data, limit)
+        groups = data_set_conditions(cfg, data, limit)
     else:
-        groups = build_condition_source(cfg.data, cfg.runtime.seed, 1).held_out()
+        groups = build_condition_source(cfg.data, cfg.runtime.seed, 1, max_inputs=model.max_input_images,
+                                        model_type=cfg.model.type).held_out()  # fmt: skip
         if limit is not None:
             groups = [g[:limit] for g in groups][:1] if groups else []
     if not groups or not any(groups):

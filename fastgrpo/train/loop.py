@@ -142,7 +142,10 @@ class Trainer:
         s = cfg.sampler
         self.plan = ConditionPlan(s.prompts_per_step, s.group_size, self.dist.world_size, self.dist.rank,
                                   cfg.data.placement)  # fmt: skip
-        self.source = build_condition_source(cfg.data, cfg.runtime.seed, self.plan.global_conditions)
+        self.source = build_condition_source(
+            cfg.data, cfg.runtime.seed, self.plan.global_conditions,
+            max_inputs=self.model.max_input_images, model_type=cfg.model.type,
+        )  # fmt: skip
         held_out = self.source.held_out() if cfg.logging.eval_every > 0 else []
         eval_batch = s.rollout_batch or s.prompts_per_step * s.group_size
         if cfg.runtime.fsdp:  # every FSDP forward needs all ranks: the same number of evaluation batches on each

@@ -100,13 +100,15 @@ def write_files(root: Path, files: dict[str, bytes]) -> None:
 # --- one small data set per public layout --------------------------------------------------------------------
 
 
-def magicbrush(root: Path) -> Path:
+def magicbrush(root: Path, mask_size: tuple[int, int] = (24, 16)) -> Path:
+    """MagicBrush's parquet; ``mask_size`` other than the images' 24x16 makes masks of another size than their
+    image, as some of MagicBrush's are (MagicBrush repository issue #10)."""
     rows = [
         {
             "img_id": "327726",
             "turn_index": turn,
             "source_img": hf_image(png(24, 16, seed=turn), "327726-input.png"),
-            "mask_img": hf_image(mask_png(24, 16), "327726-mask.png"),
+            "mask_img": hf_image(mask_png(*mask_size), "327726-mask.png"),
             "instruction": f"put a hat on the dog, turn {turn}",
             "target_img": hf_image(png(24, 16, seed=10 + turn), "327726-output.png"),
         }
@@ -215,3 +217,97 @@ def native(root: Path, count: int = 4) -> Path:
         )
     write_files(root, files)
     return write_jsonl(root / "edits.jsonl", rows)
+
+
+# --- layouts with several input images, multi-turn rows and side files -----------------------------------------
+
+
+def flow_grpo_dual_ref(root: Path, count: int = 2) -> Path:
+    """Flow-GRPO's ``dataset/dual_ref/test_metadata.jsonl``: control image, referenced image, supervision image."""
+    files, rows = {}, []
+    for i in range(1, count + 1):
+        files[f"input/{i:05d}.png"] = png(24, 16, seed=i)
+        files[f"referenced/{i:05d}.png"] = png(20, 20, seed=20 + i)  # another size and aspect than the control
+        files[f"supervise/{i:05d}.png"] = png(24, 16, seed=40 + i)
+        rows.append(
+            {
+                "tag": "dual_ref",
+                "prompt": "Fix the control image according to the referenced image: replace the logo",
+                "ctrl_image": f"input/{i:05d}.png",
+                "ref_image": f"referenced/{i:05d}.png",
+                "sup_image": f"supervise/{i:05d}.png",
+            }
+        )
+    write_files(root, files)
+    return write_jsonl(root / "test_metadata.jsonl", rows)
+
+
+def counting_edit(root: Path) -> Path:
+    """Flow-GRPO's ``counting_edit/`` as its ``process_data.py`` leaves it: ``metadata.jsonl`` (the GenEval counting
+    prompts the images were generated from), ``output.jsonl`` (every edit made from them, images under
+    ``generated_images/``) and the ``train_``/``test_metadata.jsonl`` splits of those edits."""
+    prompts = [("clock", 3, "three"), ("cat", 2, "two")]
+    numbers = {1: "one", 2: "two", 3: "three", 4: "four"}
+    meta = [
+        {"tag": "counting", "include": [{"class": c, "count": n}], "t2i_prompt": f"a photo of {w} {c}s"}
+        for c, n, w in prompts
+    ]
+    edits = [
+        {
+            "tag": "counting",
+            "include": [{"class": c, "count": m}],
+            "exclude": [{"class": c, "count": m + 1}],
+            "t2i_prompt": f"a photo of {w} {c}s",
+            "prompt": f"Change the number of {c} in the image to {numbers[m]}.",
+            "image": f"generated_images/image_{i}.jpg",
+        }
+        for i, (c, n, w) in enumerate(prompts)
+        for m in sorted(set(numbers) - {n})
+    ]
+    write_files(root, {f"generated_images/image_{i}.jpg": jpeg(16, 16, seed=i) for i in range(len(prompts))})
+    write_jsonl(root / "metadata.jsonl", meta)
+    write_jsonl(root / "output.jsonl", edits)
+    write_jsonl(root / "train_metadata.jsonl", edits[:4])
+    write_jsonl(root / "test_metadata.jsonl", edits[4:])
+    return root
+
+
+def imgedit_train(root: Path) -> Path:
+    """ImgEdit's training layout: ``Parquet/remove_part5.parquet`` (``input_images``/``output_images`` lists of
+    paths inside the extracted archives, ``prompt``) and the extracted ``results_remove_laion_part5/`` folder."""
+    files, rows = {}, []
+    for i in range(3):
+        folder = f"results_remove_laion_part5/00094_00030_00030474{i}"
+        files[f"{folder}/original.png"] = png(24, 16, seed=i)
+        files[f"{folder}/result.png"] = png(24, 16, seed=10 + i)
+        rows.append(
+            {
+                "input_images": [f"{folder}/original.png"],
+                "output_images": [f"{folder}/result.png"],
+                "prompt": "Remove the group of people snowshoeing in the far-right upper-middle of the image.",
+            }
+        )
+    write_files(root, files)
+    return write_parquet(root / "Parquet" / "remove_part5.parquet", rows)
+
+
+def imgedit_multiturn(root: Path, turns: int = 3) -> Path:
+    """ImgEdit's multi-turn layout: ``Parquet/version_backtracking_part0.parquet``, one ``data`` column holding the
+    turns (``input_images``, ``output_images``, ``prompt``), images in ``results_version_backtracking_part0/``."""
+    files, rows = {}, []
+    for r in range(2):
+        folder = f"results_version_backtracking_part0/00031_00020_00020965{r}"
+        data = []
+        for k in range(turns):
+            files[f"{folder}/origin_{k}.png"] = png(16, 16, seed=100 * r + k)
+            files[f"{folder}/result_{k}.png"] = png(16, 16, seed=100 * r + 50 + k)
+            data.append(
+                {
+                    "input_images": [f"{folder}/origin_{k}.png"],
+                    "output_images": [f"{folder}/result_{k}.png"],
+                    "prompt": ["add a green vest", "replace the vest with a jacket", "withdraw the last change"][k],
+                }
+            )
+        rows.append({"data": data})
+    write_files(root, files)
+    return write_parquet(root / "Parquet" / "version_backtracking_part0.parquet", rows)

@@ -85,6 +85,16 @@ def test_usage_errors_exit_2_with_a_message(tmp_path, capsys):
     assert info.value.code == 2
 
 
+def test_masks_of_another_size_are_reported_not_refused(tmp_path, capsys):
+    fx.magicbrush(tmp_path, mask_size=(12, 8))
+    assert main(["data", "check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 usable, 0 bad" in out and "masks        2 of 2 (masks resized: 2)" in out
+    report = check_dataset(tmp_path)
+    assert report.masks_resized == 2 and report.to_dict()["masks_resized"] == 2
+    assert check_dataset(fx.magicbrush(tmp_path / "same")).masks_resized == 0
+
+
 def test_check_dataset_api(tmp_path):
     report = check_dataset(fx.emu_edit(tmp_path))
     assert report.passed and report.usable == 3 and report.groups == 3  # same instruction, three images

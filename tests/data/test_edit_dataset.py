@@ -68,26 +68,29 @@ def test_every_bad_input_is_skipped_with_a_counted_warning(tmp_path, caplog):
         {"id": "absolute", "source": str(tmp_path / "root" / "good.png"), "instruction": "edit"},
         {"id": "symlink", "source": "link_out.png", "instruction": "edit"},
         {"id": "no-instruction", "source": "good.png", "instruction": ""},
-        {"id": "bad-mask", "source": "good.png", "mask": "small_mask.png", "instruction": "edit"},
+        {"id": "bad-mask", "source": "good.png", "mask": "garbage.png", "instruction": "edit"},
+        {"id": "small-mask", "source": "good.png", "mask": "small_mask.png", "instruction": "edit"},  # resized
         {"id": "good", "source": "good.png", "instruction": "edit"},
     ]
     path = fx.write_jsonl(tmp_path / "root" / "data.jsonl", rows)
     with caplog.at_level(logging.WARNING, logger="fastgrpo.data"):
         dataset = EditDataset.from_path(path, BUCKETS, policy=LENIENT, verify=True, workers=2)
-    assert len(dataset) == 1 and dataset.record(0).id == "good"
+    assert [dataset.record(i).id for i in range(len(dataset))] == ["small-mask", "good"]
     reasons = {p.record: p.reason for p in dataset.problems}
     expected = {name: reason for name, (_, reason) in fx.bad_images().items()}
     expected["no-instruction"] = "missing_instruction"
     expected.update(missing="missing_file", escape="outside_root", absolute="outside_root", symlink="outside_root")
-    expected["bad-mask"] = "mask_mismatch"
+    expected["bad-mask"] = "corrupt_image"  # a mask that does not decode is still a bad record
     assert reasons == expected
+    assert next(p.field for p in dataset.problems if p.record == "bad-mask") == "mask"
     # Every skip is logged with the record, its origin, its reason and the running count.
     assert "skipped record 'bomb.png' (data.jsonl:line 5)" in caplog.text
-    assert "[outside_root; bad input" in caplog.text and "of 15 records" in caplog.text
+    assert "[outside_root; bad input" in caplog.text and "of 16 records" in caplog.text
     # The default header-only scan lets truncated files through; they are caught when decoded (next test).
     header_only = EditDataset.from_path(path, BUCKETS, policy=LENIENT, workers=2)
     assert sorted(header_only.record(i).id for i in range(len(header_only))) == [
         "good",
+        "small-mask",
         "truncated.jpg",
         "truncated.png",
     ]
@@ -171,3 +174,15 @@ def test_the_synthetic_task_through_the_same_record_type():
     assert batch[0].record.metadata["spec"].op in ("recolour", "move", "remove", "add")
     scanned = EditDataset(records, ResolutionBuckets.square(16))  # scanning arrays works too, and resizes
     assert scanned[0].source.shape == (16, 16, 3)
+
+
+def test_masks_of_another_size_are_stretched_counted_and_logged_once(tmp_path, caplog):
+    path = fx.magicbrush(tmp_path, mask_size=(48, 32))  # twice the size of their 24x16 images
+    with caplog.at_level(logging.INFO, logger="fastgrpo.data"):
+        dataset = EditDataset.from_path(path, ResolutionBuckets.square(16))
+    assert len(dataset) == 2 and not dataset.problems and dataset.masks_resized == 2
+    lines = [r.getMessage() for r in caplog.records if "masks differ in size" in r.getMessage()]
+    assert lines == ["2 masks differ in size from their image and are stretched to it (nearest neighbour)"]
+    resized = dataset[0].mask
+    same = EditDataset.from_path(fx.magicbrush(tmp_path / "same"), ResolutionBuckets.square(16))
+    assert same.masks_resized == 0 and np.array_equal(resized, same[0].mask)  # the same region after stretching

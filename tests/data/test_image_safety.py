@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 import fastgrpo.data.paths as paths_module
 from fastgrpo.data.buckets import Resolution
-from fastgrpo.data.images import DecodeConfig, decode_image, decode_mask, probe_image
+from fastgrpo.data.images import DecodeConfig, decode_image, decode_mask, mask_resized, probe_image
 from fastgrpo.data.records import BadInputError
 
 CONFIG = DecodeConfig()
@@ -151,9 +151,20 @@ def test_mask_policies_and_alignment():
     array[:, 20:] = True
     small = decode_mask(array, None, CONFIG, source=source, out=Resolution(12, 8))
     assert small.shape == (8, 12) and small[:, 10:].all() and not small[:, :10].any()
-    with pytest.raises(BadInputError, match="masks must match") as info:
-        decode_mask(fx.mask_png(20, 20), None, CONFIG, source=source)
-    assert info.value.reason == "mask_mismatch"
+    # A mask of another size than its image is stretched to it, nearest neighbour (MagicBrush issue #10).
+    half = probe_image(fx.mask_png(12, 8), None, CONFIG)
+    assert mask_resized(half, source) and not mask_resized(source, source)
+    stretched = decode_mask(fx.mask_png(12, 8), None, CONFIG, source=source)
+    assert stretched.shape == (16, 24) and np.array_equal(stretched, white_left)
+    cropped = decode_mask(fx.mask_png(12, 8), None, CONFIG, source=source, out=Resolution(16, 16))
+    assert np.array_equal(
+        cropped, decode_mask(fx.mask_png(24, 16), None, CONFIG, source=source, out=Resolution(16, 16))
+    )
+    other_aspect = decode_mask(array[::2], None, CONFIG, source=source)  # a 24x8 mask on a 24x16 image
+    assert other_aspect.shape == (16, 24) and other_aspect[:, 20:].all() and not other_aspect[:, :20].any()
+    with pytest.raises(BadInputError) as info:
+        decode_mask(b"not a mask", None, CONFIG, source=source)
+    assert info.value.reason == "corrupt_image"
 
 
 def test_exif_orientation_is_applied_like_diffusers():

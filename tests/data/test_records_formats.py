@@ -182,9 +182,9 @@ def test_detection_and_lookup_errors_say_what_to_pass(tmp_path):
 
 def test_folder_reads_every_data_file_with_its_own_layout(tmp_path):
     fx.flow_grpo(tmp_path)
-    fx.emu_edit(tmp_path)
+    fx.emu_edit(tmp_path).rename(tmp_path / "emu.parquet")  # a name without a split: read with the train split
     (tmp_path / ".cache").mkdir()
     fx.write_jsonl(tmp_path / ".cache" / "ignored.jsonl", [{"prompt": "x", "image": "y"}])
     loaded = load_records(tmp_path)
-    assert loaded.presets == {"test.parquet": "emu_edit", "train_metadata.jsonl": "flow_grpo"}
+    assert loaded.presets == {"emu.parquet": "emu_edit", "train_metadata.jsonl": "flow_grpo"}
     assert len(loaded.records) == 6

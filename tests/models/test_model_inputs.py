@@ -167,3 +167,23 @@ def test_qwen_encodes_instructions_and_the_negative_prompt_with_its_prompt_encod
         "prompt_embeds": "prompt_embeds_mask",
         "negative_prompt_embeds": "negative_prompt_embeds_mask",
     }
+
+
+def test_reference_images_are_refused_by_the_single_image_adapters(flux, qwen) -> None:
+    from fastgrpo.models.tiny_editor import build_tiny_editor
+
+    reference = np.zeros((SIZE, SIZE, 3), np.uint8)
+    tiny = build_tiny_editor(weights=None)
+    cases = [(flux, *flux_inputs(batch=2)), (qwen, *qwen_inputs(batch=2)), (tiny, torch.rand(2, 3, 32, 32), None)]
+    for model, images, embeds in cases:
+        assert model.max_input_images == 1
+        kwargs = {"prompt_embeds": embeds} if embeds is not None else {}
+        instructions = None if embeds is not None else ["make it red", "make it blue"]
+        with pytest.raises(ValueError) as info:
+            model.encode(images, instructions, references=[[], [reference]], **kwargs)
+        message = str(info.value)
+        assert f"{type(model).__name__} takes one input image per condition" in message
+        assert "1 of 2 conditions also have reference images (up to 1 each); it would not use them" in message
+        assert "no model adapter takes several input images yet" in message and "data.multi_input=skip" in message
+        # no references (the usual single-image edit) encodes as before
+        assert model.encode(images, instructions, references=[[], []], **kwargs).batch_size == 2

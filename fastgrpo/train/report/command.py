@@ -69,9 +69,9 @@ def _check_loras(loras: Sequence[str]) -> None:
 def _conditions(cfg: Any, data: str | None, limit: int | None) -> list[list[ConditionItem]]:
     """The held-out conditions of ``cfg.data`` (or every record of ``data``), at most ``limit`` in all."""
     if data is not None:
-        from fastgrpo.train.evaluate import _all_conditions
+        from fastgrpo.train.evaluate import data_set_conditions
 
-        return [g for g in _all_conditions(cfg, data, limit) if g]
+        return [g for g in data_set_conditions(cfg, data, limit) if g]
     from fastgrpo.train.conditions import build_condition_source
 
     groups = build_condition_source(cfg.data, cfg.runtime.seed, 1).held_out()

@@ -17,10 +17,15 @@ class DataConfig:
     """Where the (source image, instruction) conditions come from.
 
     Attributes:
-        source: ``synthetic`` (the built-in synthetic shapes task; null means the same) or a path to a
-            ``.jsonl``/``.json``/``.parquet`` file or a folder of them.
+        source: ``synthetic`` (the built-in synthetic shapes task; null means the same), a path to a
+            ``.jsonl``/``.json``/``.parquet`` file or a folder of them, a Hugging Face data set on disk (a
+            ``save_to_disk`` folder, ``.arrow`` files), or ``hf://owner/name`` from the local Hugging Face cache.
         preset: column layout of a data set (``auto`` detects it per file; see ``fastgrpo.data.PRESETS``).
         root: folder that image paths are relative to; null: the data file's folder.
+        split: the split to read (``train``, ``dev``, ...) of a Hugging Face data set, or of a folder whose file
+            names give splits as ``load_dataset`` reads them (``data/dev-00000-of-00001.parquet``,
+            ``test_metadata.jsonl``); null: ``train`` if it has one, else its only split (several others: an error
+            listing them).
         resolutions: bucket sizes ``WIDTHxHEIGHT`` in pixels (e.g. ``[1024x1024, 1184x880]``); each image goes to
             the bucket of closest aspect ratio. The synthetic task takes one square size.
         multiple: every bucket side must be a multiple of this many pixels (16: VAE factor 8 x patch 2).
@@ -28,16 +33,21 @@ class DataConfig:
         held_out: conditions kept out of training for evaluation (synthetic: task seed ``seed + 1000``; a data set:
             a seeded sample of its records); 0 turns evaluation data off.
         placement: ``rank`` (each group rolled out on one rank) or ``spread`` (a group spread over ranks).
+        multi_input: what to do with records that have reference images (more than one input image) when the model
+            takes fewer (every adapter so far takes one): ``refuse`` (default) stops before training with a message
+            that counts them; ``skip`` leaves those records out (logged once with the count) and trains on the rest.
     """
 
     source: str | None = "synthetic"
     preset: str = "auto"
     root: str | None = None
+    split: str | None = None
     resolutions: tuple[str, ...] = ("16x16",)
     multiple: int = 16
     max_bad_fraction: float = 0.05
     held_out: int = 64
     placement: Literal["rank", "spread"] = "rank"
+    multi_input: Literal["refuse", "skip"] = "refuse"
 
     def __post_init__(self) -> None:
         from fastgrpo.data.buckets import ResolutionBuckets, parse_resolutions
@@ -46,6 +56,9 @@ class DataConfig:
             object.__setattr__(self, "source", "synthetic")
         check_optional_str("data.source", self.source, "'synthetic' or a data file/folder")
         check_optional_str("data.root", self.root, "the folder image paths are relative to")
+        check_optional_str("data.split", self.split, "a split of the data set, e.g. train")
+        if self.split is not None and self.is_synthetic:
+            raise ValueError("data.split applies to a data set; the synthetic task has none: set data.split=null")
         if not isinstance(self.preset, str) or not self.preset:
             raise ValueError(f"data.preset must be a preset name or 'auto': got {self.preset!r}")
         if self.preset != "auto":
@@ -70,6 +83,7 @@ class DataConfig:
         check_number("data.max_bad_fraction", self.max_bad_fraction, low=0.0, high=1.0, hint="0.05 = 5%")
         check_int("data.held_out", self.held_out, 0, "0 turns evaluation data off")
         check_choice("data.placement", self.placement, ("rank", "spread"))
+        check_choice("data.multi_input", self.multi_input, ("refuse", "skip"))
 
     @property
     def is_synthetic(self) -> bool:
