@@ -138,7 +138,12 @@ def is_hf_dataset(path: str | os.PathLike[str]) -> bool:
     return bool(arrow)
 
 
-def _choose_split(available: Sequence[str], split: str | None, what: str) -> str:
+def choose_split(available: Sequence[str], split: str | None, what: str) -> str:
+    """``split`` if ``available`` has it; for ``None``: ``train``, else the only split (see the module docstring).
+
+    Raises:
+        ValueError: an unknown split (the message lists the splits), or several splits and none called ``train``.
+    """
     if split is not None:
         if split not in available:
             raise ValueError(
@@ -156,7 +161,7 @@ def _choose_split(available: Sequence[str], split: str | None, what: str) -> str
 
 
 def folder_splits(folder: Path, files: Sequence[Path]) -> dict[str, list[Path]]:
-    """The splits of the data ``files`` below ``folder`` (a plain folder of JSONL/JSON/parquet files), named the way
+    """The splits of the data ``files`` below ``folder`` (Arrow, JSONL, JSON or parquet files), named the way
     ``load_dataset`` names them (its file-name rules: ``data/train-00000-of-00002.parquet``, ``dev/``,
     ``train_metadata.jsonl``, ``test.jsonl``): split name -> its files, in the order of ``files``. A file whose name
     gives no split is in none; a folder without split names is one ``"train"`` split of every file."""
@@ -169,15 +174,6 @@ def folder_splits(folder: Path, files: Sequence[Path]) -> dict[str, list[Path]]:
     named = {s: {Path(f).resolve() for f in found} for s, found in resolved.items()}
     out = {str(s): [f for f in files if f.resolve() in members] for s, members in named.items()}
     return {s: found for s, found in out.items() if found} or {"train": list(files)}
-
-
-def choose_split(available: Sequence[str], split: str | None, what: str) -> str:
-    """``split`` if ``available`` has it; for ``None``: ``train``, else the only split (see the module docstring).
-
-    Raises:
-        ValueError: an unknown split (the message lists the splits), or several splits and none called ``train``.
-    """
-    return _choose_split(available, split, what)
 
 
 def _label(file: Path, base: Path, prefix: str) -> str:
@@ -208,7 +204,7 @@ def _split_of(opened: Any, split: str | None, what: str) -> tuple[str, Any]:
     import datasets
 
     if isinstance(opened, datasets.DatasetDict):
-        chosen = _choose_split(list(opened), split, what)
+        chosen = choose_split(list(opened), split, what)
         return chosen, opened[chosen]
     own = str(opened.split) if opened.split is not None else None
     if split is not None and split != own:
@@ -247,16 +243,11 @@ def _open_arrow(path: Path, split: str | None, prefix: str) -> HFSplit:
         if split is not None:
             raise ValueError(f"{path} is a single Arrow file (one split); drop --split / data.split or pass the folder")
         return _make(prefix + path.name, "train", _from_files([path], path, prefix), [path], path.parent)
-    from datasets.data_files import DataFilesDict, get_data_patterns
-
-    arrow = {f.resolve(): f for f in _walk(path)[0]}
+    arrow = _walk(path)[0]
     if not arrow:
         raise ValueError(f"folder {path} holds no .arrow data files; pass a save_to_disk folder or .arrow files")
-    # load_dataset's own split naming (train/, data/dev-00000-of-00001.arrow, ...), so splits match the hub's
-    resolved = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
-    by_split = {str(s): [arrow[r] for f in files if (r := Path(f).resolve()) in arrow] for s, files in resolved.items()}
-    by_split = {s: files for s, files in by_split.items() if files}
-    chosen = _choose_split(sorted(by_split), split, f"folder {path}")
+    by_split = folder_splits(path, arrow)  # load_dataset's split naming, so splits match the hub's
+    chosen = choose_split(sorted(by_split), split, f"folder {path}")
     files = by_split[chosen]
     return _make(f"{prefix}{path.name}[{chosen}]", chosen, _from_files(files, path, prefix), files, path)
 
