@@ -111,6 +111,7 @@ def step_loss(
         reduction=spec.reduction,
         form=grpo.kl_form,
         backend=spec.backend,
+        sampler=spec.sampler,
     )
     assert logp is not None
     loss, stats = grpo_loss(

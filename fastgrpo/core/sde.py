@@ -31,6 +31,8 @@ class StepSpec:
             default when the config leaves it unset).
         reduction: ``"mean"`` or ``"sum"`` of the per-element log-density (SPEC S1).
         backend: the kernel backend (:data:`BACKENDS`).
+        sampler: the exploration step, ``"sde"`` (SPEC S1) or ``"cps"`` (coefficients-preserving;
+            :attr:`SDEConfig.sampler`).
 
     Raises ``ValueError`` for a value outside those ranges.
     """
@@ -39,6 +41,7 @@ class StepSpec:
     t_cap: float
     reduction: Literal["mean", "sum"] = "mean"
     backend: str = "auto"
+    sampler: Literal["sde", "cps"] = "sde"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.noise_level, (int, float)) and self.noise_level >= 0):
@@ -49,6 +52,14 @@ class StepSpec:
             raise ValueError(f"StepSpec.reduction must be 'mean' or 'sum', got {self.reduction!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"StepSpec.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.sampler not in naive.SAMPLERS:
+            raise ValueError(f"StepSpec.sampler must be one of {naive.SAMPLERS}, got {self.sampler!r}")
+        if self.sampler == "cps" and self.noise_level > 1.0:
+            raise ValueError(f"StepSpec.noise_level must lie in [0, 1] for sampler 'cps', got {self.noise_level!r}")
+
+    def has_noise(self, t_next: float) -> bool:
+        """Whether a step to ``t_next`` with this spec draws noise (CPS steps to ``t_next = 0`` are deterministic)."""
+        return self.noise_level > 0.0 and (self.sampler == "sde" or t_next > 0.0)
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,19 @@ class SDEConfig:
             schedule's second time (the first step borrows its neighbour's denominator).
         reduction: how the per-element log-density is reduced per sample: ``"mean"`` (Flow-GRPO's convention,
             so its clip ranges of 1e-4…1e-5 carry over) or ``"sum"`` (the true log-density).
+        sampler: the exploration step of the SDE steps. ``"sde"``: SPEC S1's Euler-Maruyama step of the
+            marginal-preserving SDE (Flow-GRPO, Liu et al. 2025, arXiv:2505.05470). ``"cps"``:
+            coefficients-preserving sampling (Wang & Yu 2025, arXiv:2509.05952; Flow-GRPO's ``sde_type="cps"``):
+            ``x_next ~ N((1 - t') x0 + t' cos(a pi/2) eps, (t' sin(a pi/2))^2)`` from the model's estimates of the
+            clean sample and the noise, so every sample keeps exactly the noise level of the schedule and the
+            rollout ends clean, without the residual grain of the plain SDE; ``a = noise_level`` in ``[0, 1]``
+            (``t_cap`` unused). A CPS step to ``t = 0`` has no noise, so it is an ODE step and never trained.
     """
 
     noise_level: float = 0.7
     t_cap: float | None = None
     reduction: Literal["mean", "sum"] = "mean"
+    sampler: Literal["sde", "cps"] = "sde"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.noise_level, (int, float)) and self.noise_level >= 0):
@@ -75,6 +94,15 @@ class SDEConfig:
             raise ValueError(f"sde.t_cap must lie in [0, 1) or be null for the schedule default, got {self.t_cap!r}")
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"sde.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.sampler not in naive.SAMPLERS:
+            raise ValueError(
+                f"sde.sampler must be 'sde' (SPEC S1) or 'cps' (coefficients-preserving), got {self.sampler!r}"
+            )
+        if self.sampler == "cps" and self.noise_level > 1.0:
+            raise ValueError(
+                f"sde.noise_level must lie in [0, 1] with sde.sampler=cps (the noise angle a pi/2; e.g. 0.7), "
+                f"got {self.noise_level!r}"
+            )
 
     def resolve_t_cap(self, schedule: StepSchedule) -> float:
         """``t_cap``, or the schedule's second time when unset (SPEC S1's default)."""
@@ -82,7 +110,7 @@ class SDEConfig:
 
     def spec(self, schedule: StepSchedule, backend: str = "auto") -> StepSpec:
         """The :class:`StepSpec` of ``schedule``'s resolution with kernel ``backend``."""
-        return StepSpec(float(self.noise_level), self.resolve_t_cap(schedule), self.reduction, backend)
+        return StepSpec(float(self.noise_level), self.resolve_t_cap(schedule), self.reduction, backend, self.sampler)
 
 
 def sigma_t(t: torch.Tensor, noise_level: float, t_cap: float) -> torch.Tensor:

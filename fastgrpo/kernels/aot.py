@@ -41,6 +41,8 @@ class AotResult:
 def _spec(kernel: Any, types: dict[str, str], constexprs: dict[str, Any], num_warps: int) -> dict[str, Any]:
     """Signature for ``ASTSource``: pointers and strides get the 16-divisibility the JIT infers for aligned data."""
     names = kernel.arg_names
+    if "KIND" in names:  # the sampler (0: SPEC S1's SDE) unless the specialisation names one
+        constexprs = {"KIND": 0} | constexprs
     signature = {n: ("constexpr" if n in constexprs else types[n]) for n in names}
     attrs = {
         (i,): DIV16
@@ -66,21 +68,29 @@ def kernel_specs() -> dict[str, dict[str, Any]]:
             const = {"NOISE_MODE": mode, "SEED_FROM_PTR": seed_ptr, "Q": ops.QUARTER}
             name = f"sde_step_{dt}_" + ("noise" if mode == 1 else ("philox_state" if seed_ptr else f"philox_{int_t}"))
             specs[name] = _spec(fused._sde_step_partial_kernel, types, const, ops.NUM_WARPS)
+            if seed_ptr:  # the trainer's rollout specialisation, also for the coefficients-preserving sampler
+                cps = _spec(fused._sde_step_partial_kernel, types, const | {"KIND": 1}, ops.NUM_WARPS)
+                specs[f"{name}_cps"] = cps
         lp_types = {"xn_ptr": f"*{dt}", "x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "vref_ptr": f"*{dt}"}
         lp_types |= {"t_ptr": "*fp32", "tn_ptr": "*fp32", "plp_ptr": "*fp32", "pkl_ptr": "*fp32"}
         lp_types |= {k: "i32" for k in ("N", "P", "xn_stride", "x_stride", "v_stride", "vref_stride", "t_stride")}
         lp_types |= {"noise_level": "fp32", "t_cap": "fp32"}
         const = {"HAS_LOGP": True, "HAS_KL": True, "Q": ops.QUARTER}
         specs[f"logprob_kl_{dt}"] = _spec(fused._logprob_kl_partial_kernel, lp_types, const, ops.NUM_WARPS)
+        cps = _spec(fused._logprob_kl_partial_kernel, lp_types, const | {"KIND": 1}, ops.NUM_WARPS)
+        specs[f"logprob_kl_{dt}_cps"] = cps
         bw_types = {k: v for k, v in lp_types.items() if k not in ("plp_ptr", "pkl_ptr", "P")}
         bw_types |= {"glp_ptr": "*fp32", "gkl_ptr": "*fp32", "gv_ptr": f"*{dt}"}
         const = {"HAS_LOGP": True, "HAS_KL": True, "MEAN": True, "KL_EXACT": True, "BLOCK": ops.BACKWARD_BLOCK}
         specs[f"logprob_kl_backward_{dt}"] = _spec(fused._logprob_kl_backward_kernel, bw_types, const, ops.NUM_WARPS)
+        cps = _spec(fused._logprob_kl_backward_kernel, bw_types, const | {"KIND": 1}, ops.NUM_WARPS)
+        specs[f"logprob_kl_backward_{dt}_cps"] = cps
     fin_types = {"plp_ptr": "*fp32", "pkl_ptr": "*fp32", "logp_ptr": "*fp32", "kl_ptr": "*fp32"}
     fin_types |= {"t_ptr": "*fp32", "tn_ptr": "*fp32", "t_stride": "i32", "N": "i32", "P": "i32"}
     fin_types |= {"noise_level": "fp32", "t_cap": "fp32"}
     const = {"HAS_LOGP": True, "HAS_KL": True, "MEAN": True, "KL_EXACT": True, "BLOCK_P": 64}
     specs["finalize"] = _spec(fused._finalize_kernel, fin_types, const, 1)
+    specs["finalize_cps"] = _spec(fused._finalize_kernel, fin_types, const | {"KIND": 1}, 1)
     loss_types = {k: "*fp32" for k in ("logp_ptr", "old_ptr", "adv_ptr", "kl_ptr", "grad_logp_ptr", "stats_ptr")}
     loss_types |= {"M": "i32", "ADV_DIV": "i32", "clip_low": "fp32", "clip_high": "fp32", "beta": "fp32"}
     specs["grpo_loss"] = _spec(grpo_fused._grpo_loss_kernel, loss_types, {"HAS_KL": True, "BLOCK": 256}, 4)

@@ -84,7 +84,9 @@ class RolloutGenerator:
         chunk: samples per rollout forward; must divide every batch.
         rank, batch_size: this rank and its samples per iteration (chunk keys are global).
         trained_per_iteration: SDE steps the update trains per iteration (``sampler.trained_steps``): a fresh
-            random subset of the SDE window each iteration, keyed by ``(seed, iteration)``.
+            random subset of the iteration's SDE steps, keyed by ``(seed, iteration)``.
+        sampler: the ``sampler`` section, for the moving SDE window (``sde_steps``, ``window_schedule``,
+            ``window_stride``) and ``shared_noise`` (with ``group_size``); None: a fixed window, independent noise.
         phase: ``phase(name)`` times and annotates a stretch of work (``rollout``, ``decode``, ``reward_submit``,
             ``reward``).
         annotate: NVTX ranges around each rollout step, or None.
@@ -107,21 +109,55 @@ class RolloutGenerator:
         annotate: Callable[[str], AbstractContextManager[None]] | None = None,
         log: Callable[[str], None] = print,
         steps_fn: StepsFn = rollout_steps,
+        sampler: SamplerConfig | None = None,
     ) -> None:
         if chunk < 1 or batch_size % chunk:
             raise ValueError(f"chunk={chunk} must be >= 1 and divide the rank's {batch_size} samples")
         self.model, self.plans, self.seed, self.chunk, self.rank = model, plans, seed, chunk, rank
-        self.n_chunks = batch_size // chunk
+        self.n_chunks, self.batch_size = batch_size // chunk, batch_size
         self.trained_per_iteration = trained_per_iteration
+        self.sampler = sampler
+        self.shared = sampler is not None and sampler.shared_noise
         self._phase, self._annotate, self._log, self._steps_fn = phase, annotate, log, steps_fn
         self.scorer = AsyncRewardEvaluator(reward, max_pending=self.n_chunks + 1, close_reward=False)
         self.weights = dict(reward.weights)  # the components whose rewards the rollout carries
 
+    def iteration_plan(self, step: int, plan: RolloutPlan) -> RolloutPlan:
+        """The plan of iteration ``step``: ``plan`` with this iteration's SDE steps (``sampler.sde_steps``
+        consecutive ones of the window, placed by ``sampler.window_schedule``; all of them when unset)."""
+        s = self.sampler
+        candidates = plan.sde_steps
+        if s is None or s.sde_steps is None or s.sde_steps >= len(candidates):
+            return plan
+        positions = len(candidates) - s.sde_steps + 1
+        if s.window_schedule == "sliding":
+            start = (step // s.window_stride) % positions
+        else:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, 0xB1))
+            start = int(torch.randint(positions, (1,), generator=gen))
+        return plan.with_steps(candidates[start : start + s.sde_steps])
+
     def trained_steps(self, step: int, plan: RolloutPlan) -> tuple[int, ...]:
-        """The SDE steps iteration ``step`` trains, in the order the update trains them."""
+        """The SDE steps iteration ``step`` trains, in the order the update trains them (``plan``: the
+        iteration's plan, :meth:`iteration_plan`)."""
         gen = torch.Generator().manual_seed(mix_seed(self.seed, step, 0xA11))
         order = torch.randperm(len(plan.sde_steps), generator=gen)[: self.trained_per_iteration]
         return tuple(plan.sde_steps[int(i)] for i in order)
+
+    def _initial_noise(self, step: int, key: int, first_row: int, cond: Condition) -> torch.Tensor:
+        """The initial noise of the chunk ``key`` whose first row is ``first_row``: independent per sample, or
+        with ``shared_noise`` one draw per group keyed by the global group index (the same on any chunking)."""
+        if not self.shared:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, key, 1))
+            return self.model.initial_noise(self.chunk, cond.height, cond.width, generator=gen)
+        assert self.sampler is not None
+        size = self.sampler.group_size
+        rows = range(self.rank * self.batch_size + first_row, self.rank * self.batch_size + first_row + self.chunk)
+        draws: dict[int, torch.Tensor] = {}
+        for group in sorted({r // size for r in rows}):
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, group, 3))
+            draws[group] = self.model.initial_noise(1, cond.height, cond.width, generator=gen)
+        return torch.cat([draws[r // size] for r in rows])
 
     def _chunks(self, step: int, cond: Condition) -> Iterator[tuple[slice, Condition, torch.Tensor, torch.Tensor]]:
         """Per chunk: its rows, conditions, initial noise and noise state, keyed by the global chunk index."""
@@ -129,22 +165,31 @@ class RolloutGenerator:
         for c in range(self.n_chunks):
             rows = slice(c * self.chunk, (c + 1) * self.chunk)
             key = self.rank * self.n_chunks + c  # the global chunk index: the same samples get the same noise
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, step, key, 1))
-            initial = self.model.initial_noise(self.chunk, cond.height, cond.width, generator=gen)
+            initial = self._initial_noise(step, key, rows.start, cond)
             state = noise_state(mix_seed(self.seed, step, key, 2), 0, device=device)
             sub = cond if self.n_chunks == 1 else cond.index_select(torch.arange(rows.start, rows.stop, device=device))
             yield rows, sub, initial, state
 
+    def _shared_prefix_groups(self) -> int | None:
+        """The group size whose rows may share their ODE prefix in :func:`rollout` (shared noise and whole
+        groups in every chunk), else None."""
+        if not self.shared:
+            return None
+        assert self.sampler is not None
+        size = self.sampler.group_size
+        return size if self.chunk % size == 0 and (self.rank * self.batch_size) % size == 0 else None
+
     def generate(self, step: int, batch: RankBatch, cond: Condition) -> Generated:
         """Roll out and score iteration ``step``'s samples of this rank (``cond``: one row per sample); the rollout
         comes back with its rewards and the steps this iteration trains."""
-        plan = self.plans(cond.height, cond.width)
+        plan = self.iteration_plan(step, self.plans(cond.height, cond.width))
         group_ids = batch.group_ids.to(self.model.device)
         parts, futures, images = [], [], []
+        shared = self._shared_prefix_groups()
         for rows, sub, initial, state in self._chunks(step, cond):
             with self._phase("rollout"):
                 part = rollout(self.model, sub, plan, initial, noise_state=state, group_ids=group_ids[rows],
-                               annotate=self._annotate, steps_fn=self._steps_fn)  # fmt: skip
+                               annotate=self._annotate, steps_fn=self._steps_fn, shared_prefix=shared)  # fmt: skip
             with self._phase("decode"):
                 decoded = list(self.model.decode_uint8(part.latents[:, -1], cond.height, cond.width).numpy())
             with self._phase("reward_submit"):

@@ -160,7 +160,7 @@ class Trainer:
             chunk=s.rollout_batch or self.plan.local_samples, batch_size=self.plan.local_samples,
             trained_per_iteration=s.trained_steps,
             phase=self._phase, annotate=self.annotate.range, log=self.log,
-            steps_fn=self.graphs.rollout_steps if self.graphs is not None else rollout_steps,
+            steps_fn=self.graphs.rollout_steps if self.graphs is not None else rollout_steps, sampler=s,
         )  # fmt: skip
         self.evaluation = HeldOutEvaluation(self.model, held_out, self.reward, eval_steps=s.eval_steps,
                                             batch_size=eval_batch, seed=cfg.runtime.seed, dist=self.dist,

@@ -60,8 +60,22 @@ class RolloutPlan:
 
     @classmethod
     def build(cls, schedule: StepSchedule, spec: StepSpec, window: tuple[int, int] | None = None) -> RolloutPlan:
-        """The plan of ``schedule`` with the SDE window ``[start, end)`` (``None``: every step)."""
-        return cls(schedule, spec, sde_steps(schedule.num_steps, window))
+        """The plan of ``schedule`` with the SDE window ``[start, end)`` (``None``: every step; empty: the ODE). Steps of the
+        window whose sampler draws no noise (a CPS step to ``t = 0``) are ODE steps."""
+        times, window_steps = schedule.times.tolist(), sde_steps(schedule.num_steps, window)
+        steps = tuple(k for k in window_steps if spec.has_noise(times[k + 1]))
+        if window_steps and not steps:
+            raise ValueError(
+                f"the SDE window {window} holds no step that draws noise (sampler {spec.sampler!r}, noise level "
+                f"{spec.noise_level}); a CPS step to t = 0 is deterministic: widen the window"
+            )
+        return cls(schedule, spec, steps)
+
+    def with_steps(self, steps: tuple[int, ...]) -> RolloutPlan:
+        """This plan with SDE steps ``steps`` (a subset of :attr:`sde_steps`: an iteration's moving window)."""
+        if not steps or not set(steps) <= set(self.sde_steps):
+            raise ValueError(f"steps {steps} must be a non-empty subset of the plan's SDE steps {self.sde_steps}")
+        return RolloutPlan(self.schedule, self.spec, tuple(sorted(steps)))
 
     @property
     def num_steps(self) -> int:
@@ -100,7 +114,7 @@ def rollout_steps(
             v = model.velocity(x, t[k].expand(batch), cond)
             x_next, logp = sde_step(
                 x, v, t[k], t_next[k], noise_level=level, t_cap=spec.t_cap, seed=state, reduction=spec.reduction,
-                backend=spec.backend,
+                backend=spec.backend, sampler=spec.sampler,
             )  # fmt: skip
             latents[:, k + 1] = x_next
             log_probs[:, k] = logp
@@ -132,6 +146,7 @@ def rollout(
     group_ids: Tensor | None = None,
     annotate: Annotate | None = None,
     steps_fn: StepsFn = rollout_steps,
+    shared_prefix: int | None = None,
 ) -> Rollout:
     """Sample ``B`` trajectories; returns a :class:`Rollout` with ``latents [B, K+1, N, C]`` (float32),
     ``log_probs [B, K]`` (0 on ODE steps), the plan's SDE steps (all of them trained) and NaN rewards.
@@ -145,6 +160,10 @@ def rollout(
         annotate: ``annotate(name)`` gives a context around each step (NVTX ranges); None: nothing.
         steps_fn: runs the step loop on the buffers (default :func:`rollout_steps`; a CUDA-graph runner replays
             it instead).
+        shared_prefix: ``G`` when every block of ``G`` consecutive rows is one group with the same condition and
+            the same initial noise (``sampler.shared_noise``): the ODE steps before the first SDE step are then the
+            same for the whole block and run once per block (on ``B / G`` rows), their result copied to the block.
+            None: every row runs every step.
 
     Raises ``ValueError`` for an ``initial_noise`` without one row per condition or a malformed ``noise_state``.
     """
@@ -158,7 +177,21 @@ def rollout(
     latents = torch.empty((batch, k_steps + 1, *initial_noise.shape[1:]), dtype=torch.float32, device=device)
     log_probs = torch.zeros((batch, k_steps), dtype=torch.float32, device=device)
     latents[:, 0] = initial_noise
-    steps_fn(model, cond, latents, log_probs, times, plan.noise_levels, plan.spec, noise_state, annotate)
+    levels, first = plan.noise_levels, (plan.sde_steps or (0,))[0]
+    if shared_prefix is not None and shared_prefix > 1 and first > 0:
+        if batch % shared_prefix:
+            raise ValueError(f"shared_prefix={shared_prefix} must divide the batch of {batch} rows")
+        heads = torch.arange(0, batch, shared_prefix, device=device)
+        head_latents = latents[heads, : first + 1].contiguous()
+        head_log_probs = torch.zeros((heads.numel(), first), dtype=torch.float32, device=device)
+        head_cond = cond.index_select(heads)
+        steps_fn(model, head_cond, head_latents, head_log_probs, times[: first + 1], levels[:first], plan.spec,
+                 noise_state, annotate)  # fmt: skip
+        latents[:, 1 : first + 1] = head_latents[:, 1:].repeat_interleave(shared_prefix, dim=0)
+        steps_fn(model, cond, latents[:, first:], log_probs[:, first:], times[first:], levels[first:], plan.spec,
+                 noise_state, annotate)  # fmt: skip
+    else:
+        steps_fn(model, cond, latents, log_probs, times, levels, plan.spec, noise_state, annotate)
     ids = group_ids if group_ids is not None else torch.arange(batch, device=device)
     rewards = torch.full((batch,), float("nan"), dtype=torch.float32, device=device)
     return Rollout(latents, log_probs, times, ids, rewards, plan.sde_steps).validate()

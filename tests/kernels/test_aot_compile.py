@@ -44,6 +44,9 @@ def test_every_kernel_compiles_for_both_architectures(compiled):
     covered |= {"_finalize_kernel", "_grpo_loss_kernel"}
     assert kernels == covered, "a new kernel needs a specialisation in fastgrpo.kernels.aot.kernel_specs"
     assert {"sde_step_bf16_philox_i32", "sde_step_bf16_philox_state", "logprob_kl_backward_fp32"} <= names
+    # the coefficients-preserving sampler's specialisations (KIND=1) compile too
+    assert {"sde_step_bf16_philox_state_cps", "logprob_kl_bf16_cps", "logprob_kl_backward_fp32_cps"} <= names
+    assert "finalize_cps" in names
 
 
 def test_no_local_memory_spills(compiled):

@@ -53,6 +53,26 @@ def _check_seed(seed: Seed, device: torch.device) -> tuple[Tensor | None, int, i
     return None, pair[0], pair[1]
 
 
+def _check_sampler(sampler: str, noise_level: float) -> int:
+    """The kernels' code of ``sampler``; ``ValueError`` for an unknown one or a CPS level outside ``[0, 1]``."""
+    kind = naive.check_sampler(sampler)
+    if kind == 1 and isinstance(noise_level, (int, float)) and not 0.0 <= noise_level <= 1.0:
+        raise ValueError(
+            f"sampler='cps' takes noise_level in [0, 1] (the angle a pi/2 of its noise mix; about 0.5-0.8 is "
+            f"typical), got {noise_level}"
+        )
+    return kind
+
+
+def _resolve_backend(backend: str, device: torch.device, kind: int) -> str:
+    use = _checks.resolve_backend(backend, device)
+    if use == "cuda" and kind != 0:
+        raise ValueError(
+            "the native CUDA kernels implement SPEC S1's SDE only; use backend='triton' (or 'auto') for sampler='cps'"
+        )
+    return use
+
+
 def sde_step(
     x: Tensor,
     v: Tensor,
@@ -65,6 +85,7 @@ def sde_step(
     seed: Seed | None = None,
     reduction: str = "mean",
     backend: str = "auto",
+    sampler: str = "sde",
 ) -> tuple[Tensor, Tensor]:
     """One Euler-Maruyama step of the marginal-preserving SDE and the log-probability of its result.
 
@@ -79,6 +100,11 @@ def sde_step(
     Returns ``x_next`` (``x``'s shape and dtype) and ``logp [B]`` float32, the log-density of the stored
     ``x_next`` reduced over each sample by ``reduction`` (``"mean"`` or ``"sum"``). No gradient flows.
 
+    ``sampler="cps"`` draws the coefficients-preserving step instead (``mu = (1 - t_next)(x - t v) +
+    t_next cos(a pi/2)(x + (1 - t) v)``, ``s = t_next sin(a pi/2)``, ``noise_level = a`` in ``[0, 1]``;
+    :mod:`fastgrpo.kernels.sde.naive`), with the same noise, generator and log-probability conventions; a step to
+    ``t_next = 0`` is then deterministic (``logp`` 0).
+
     Example::
 
         state = noise_state(seed=0, device="cuda")
@@ -87,6 +113,7 @@ def sde_step(
     x = _checks.check_latent("x", x)
     v = _checks.check_latent("v", v, like=x)
     mean = _checks.check_reduction(reduction)
+    kind = _check_sampler(sampler, noise_level)
     noise_level, t_cap = _checks.check_sde_params(noise_level, t_cap, need_noise=False)
     tt, tn = _checks.check_times(t, t_next, x.shape[0], x.device)
     if noise is not None and seed is not None:
@@ -96,22 +123,23 @@ def sde_step(
     state, seed_int, offset_int = _check_seed(seed, x.device) if seed is not None else (None, 0, 0)
     if noise is None and seed is None and noise_level > 0.0:
         noise = torch.randn(x.shape, dtype=torch.float32, device=x.device)
-    use = _checks.resolve_backend(backend, x.device)
+    use = _resolve_backend(backend, x.device, kind)
     with torch.no_grad():
         if use in ("triton", "cuda"):
             noise_rows = _checks.rows(noise) if noise is not None else None
-            step = ops.sde_step_triton if use == "triton" else cuda_backend.sde_step_cuda
-            x_next, logp = step(
-                _checks.rows(x), _checks.rows(v), tt.contiguous(), tn.contiguous(), noise_rows, state,
-                noise_level, t_cap, seed_int, offset_int, mean,
-            )  # fmt: skip
+            args = (_checks.rows(x), _checks.rows(v), tt.contiguous(), tn.contiguous(), noise_rows, state,
+                    noise_level, t_cap, seed_int, offset_int, mean)  # fmt: skip
+            if use == "triton":
+                x_next, logp = ops.sde_step_triton(*args, kind)
+            else:
+                x_next, logp = cuda_backend.sde_step_cuda(*args)
         else:
             if noise is None:
                 source = (state[0], state[1]) if state is not None else (seed_int, offset_int)
                 noise = philox_normal(*source, x.shape[0], x[0].numel(), x.device)
             x_next, logp = naive.sde_step_ref(
                 x, v, tt, tn, noise.reshape(x.shape[0], -1), noise_level=noise_level, t_cap=t_cap,
-                reduction=reduction,
+                reduction=reduction, sampler=sampler,
             )  # fmt: skip
         if state is not None and noise_level > 0.0:
             state[1:].add_(1)
@@ -131,36 +159,39 @@ def logprob_kl(
     reduction: str = "mean",
     form: str = "exact",
     backend: str = "auto",
+    sampler: str = "sde",
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probability of ``x -> x_next`` and KL to the reference velocity, from one pass over ``v``.
 
     Returns ``(logp [B], kl [B])`` float32 (``kl`` is None when ``v_ref`` is None, e.g. for beta = 0),
     differentiable w.r.t. ``v`` only (``x``, ``x_next`` are data, ``v_ref`` is a constant). ``form``:
     ``"exact"`` is ``||mu - mu_ref||^2 / (2 s^2)``; ``"flow_grpo"`` divides by ``2 sigma_t^2`` instead (drops
-    ``|dt|``) so that beta values tuned for that code base carry over. ``noise_level`` must be > 0.
+    ``|dt|``) so that beta values tuned for that code base carry over. ``noise_level`` must be > 0, and for
+    ``sampler="cps"`` the step must have noise (``t_next > 0``). ``sampler`` as in :func:`sde_step`.
     """
     x = _checks.check_latent("x", x)
     x_next = _checks.check_latent("x_next", x_next, like=x)
     v = _checks.check_latent("v", v, like=x)
     if v_ref is not None:
         v_ref = _checks.check_latent("v_ref", v_ref, like=x)
-    return _logprob_kl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend)
+    return _logprob_kl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend, sampler)
 
 
-def _logprob_kl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend):
+def _logprob_kl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend, sampler="sde"):
     mean = _checks.check_reduction(reduction)
     if form not in ("exact", "flow_grpo"):
         raise ValueError(f"form={form!r} is not one of 'exact', 'flow_grpo'")
+    kind = _check_sampler(sampler, noise_level)
     noise_level, t_cap = _checks.check_sde_params(noise_level, t_cap, need_noise=True)
     tt, tn = _checks.check_times(t, t_next, v.shape[0], v.device)
-    use = _checks.resolve_backend(backend, v.device)
+    use = _resolve_backend(backend, v.device, kind)
     if use == "torch":
-        kw = {"noise_level": noise_level, "t_cap": t_cap, "reduction": reduction}
+        kw = {"noise_level": noise_level, "t_cap": t_cap, "reduction": reduction, "sampler": sampler}
         logp = None if x is None else naive.step_logprob_ref(x_next, x, v, tt, tn, **kw)
         kl = None if v_ref is None else naive.velocity_kl_ref(v, v_ref, tt, tn, form=form, **kw)
         return logp, kl
     rows = _checks.rows
-    params = ops.StepParams(noise_level, t_cap, mean, form == "exact")
+    params = ops.StepParams(noise_level, t_cap, mean, form == "exact", kind)
     fused = ops.logprob_kl_triton if use == "triton" else cuda_backend.logprob_kl_cuda
     logp, kl = fused(
         rows(x_next) if x_next is not None else None, rows(x) if x is not None else None, rows(v),
@@ -180,6 +211,7 @@ def step_logprob(
     t_cap: float,
     reduction: str = "mean",
     backend: str = "auto",
+    sampler: str = "sde",
 ) -> Tensor:
     """Log-probability ``[B]`` float32 of ``x -> x_next`` under the step with velocity ``v`` (grad w.r.t. ``v``).
 
@@ -197,6 +229,7 @@ def step_logprob(
         t_cap=t_cap,
         reduction=reduction,
         backend=backend,
+        sampler=sampler,
     )
     assert logp is not None
     return logp
@@ -213,6 +246,7 @@ def velocity_kl(
     reduction: str = "mean",
     form: str = "exact",
     backend: str = "auto",
+    sampler: str = "sde",
 ) -> Tensor:
     """Closed-form KL ``[B]`` float32 between the policy and reference step Gaussians (grad w.r.t. ``v``).
 
@@ -221,6 +255,6 @@ def velocity_kl(
     """
     v = _checks.check_latent("v", v)
     v_ref = _checks.check_latent("v_ref", v_ref, like=v)
-    _, kl = _logprob_kl(None, None, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend)
+    _, kl = _logprob_kl(None, None, v, v_ref, t, t_next, noise_level, t_cap, reduction, form, backend, sampler)
     assert kl is not None
     return kl

@@ -18,17 +18,28 @@ import triton.language as tl
 HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
 INV_2_24 = tl.constexpr(5.960464477539063e-08)  # 2 ** -24
 TWO_PI = tl.constexpr(6.283185307179586)
+HALF_PI = tl.constexpr(1.5707963267948966)
 
 
 @triton.jit
-def _coefficients(t, t_next, noise_level, t_cap):
-    # Per-sample step scalars (SPEC S1); mu = cx * x + cv * v expands x + [v + sigma^2/(2t)(x + (1-t) v)] dt.
+def _coefficients(t, t_next, noise_level, t_cap, KIND: tl.constexpr):
+    # Per-sample step scalars; mu = cx * x + cv * v (naive.py's module docstring).
+    # KIND 0, SPEC S1: mu expands x + [v + sigma^2/(2t)(x + (1-t) v)] dt, s = sigma sqrt(|dt|).
+    # KIND 1, coefficients-preserving (arXiv:2509.05952): mu = (1-t')(x - t v) + t' cos(a pi/2)(x + (1-t) v),
+    # s = t' sin(a pi/2); sigma is reported as s.
     dt = t_next - t
-    sigma = noise_level * tl.sqrt_rn(tl.div_rn(t, 1.0 - tl.minimum(t, t_cap)))
-    std = sigma * tl.sqrt_rn(-dt)
-    half = tl.div_rn(sigma * sigma, 2.0 * t)
-    cx = 1.0 + half * dt
-    cv = dt * (1.0 + half * (1.0 - t))
+    if KIND == 1:
+        keep = tl.cos(noise_level * HALF_PI)
+        std = t_next * tl.sin(noise_level * HALF_PI)
+        sigma = std
+        cx = (1.0 - t_next) + t_next * keep
+        cv = t_next * keep * (1.0 - t) - (1.0 - t_next) * t
+    else:
+        sigma = noise_level * tl.sqrt_rn(tl.div_rn(t, 1.0 - tl.minimum(t, t_cap)))
+        std = sigma * tl.sqrt_rn(-dt)
+        half = tl.div_rn(sigma * sigma, 2.0 * t)
+        cx = 1.0 + half * dt
+        cv = dt * (1.0 + half * (1.0 - t))
     return sigma, std, cx, cv
 
 
@@ -78,12 +89,13 @@ def _sde_step_partial_kernel(
     NOISE_MODE: tl.constexpr,  # 0: none (deterministic Euler step), 1: noise tensor, 2: in-kernel Philox
     SEED_FROM_PTR: tl.constexpr,
     Q: tl.constexpr,  # quarter tile; the tile is 4 * Q elements
+    KIND: tl.constexpr = 0,  # sampler: 0 SPEC S1's SDE, 1 coefficients-preserving
 ):
     tile = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    _sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    _sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap, KIND)
     if NOISE_MODE == 2:
         if SEED_FROM_PTR:
             seed = tl.load(seed_ptr)
@@ -144,12 +156,13 @@ def _logprob_kl_partial_kernel(
     HAS_LOGP: tl.constexpr,
     HAS_KL: tl.constexpr,
     Q: tl.constexpr,
+    KIND: tl.constexpr = 0,
 ):
     tile = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    _sigma, _std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    _sigma, _std, cx, cv = _coefficients(t, t_next, noise_level, t_cap, KIND)
     j = tl.arange(0, Q)
     base = tile.to(tl.int64) * (4 * Q)
     acc_lp = tl.zeros([Q], dtype=tl.float32)
@@ -201,11 +214,12 @@ def _finalize_kernel(
     MEAN: tl.constexpr,  # reduce over elements by mean (else sum)
     KL_EXACT: tl.constexpr,  # KL variance s^2 = sigma^2 |dt| (else flow_grpo's sigma^2)
     BLOCK_P: tl.constexpr,
+    KIND: tl.constexpr = 0,
 ):
     b = tl.program_id(0).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    sigma, std, _cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    sigma, std, _cx, cv = _coefficients(t, t_next, noise_level, t_cap, KIND)
     n = N.to(tl.float32)
     if HAS_LOGP:
         sq = _row_sum(plp_ptr, b, P, BLOCK_P)
@@ -253,12 +267,13 @@ def _logprob_kl_backward_kernel(
     MEAN: tl.constexpr,
     KL_EXACT: tl.constexpr,
     BLOCK: tl.constexpr,
+    KIND: tl.constexpr = 0,
 ):
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(t_ptr + b * t_stride)
     t_next = tl.load(tn_ptr + b * t_stride)
-    sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap)
+    sigma, std, cx, cv = _coefficients(t, t_next, noise_level, t_cap, KIND)
     scale = 1.0
     if MEAN:
         scale = 1.0 / N.to(tl.float32)

@@ -27,6 +27,7 @@ class StepParams:
     t_cap: float
     mean: bool
     kl_exact: bool
+    kind: int = 0  # sampler: 0 SPEC S1's SDE, 1 coefficients-preserving (naive.SAMPLERS)
 
 
 def _fused() -> Any:
@@ -74,6 +75,7 @@ def _finalize(
         MEAN=params.mean,
         KL_EXACT=params.kl_exact,
         BLOCK_P=_block_p(tiles),
+        KIND=params.kind,
         num_warps=1,
     )
     return logp, kl
@@ -92,6 +94,7 @@ def sde_step_impl(
     offset: int,
     mean: bool,
     launch: Callable[[Any], Any],
+    kind: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """``(x_next [B, N] in x.dtype, logp [B] float32)``; noise from ``noise`` or Philox (state or ints)."""
     batch, n = x.shape
@@ -121,11 +124,12 @@ def sde_step_impl(
         NOISE_MODE=mode,
         SEED_FROM_PTR=seed_state is not None,
         Q=QUARTER,
+        KIND=kind,
         num_warps=NUM_WARPS,
     )
     if mode == 0:
         return x_next, torch.zeros(batch, dtype=torch.float32, device=x.device)
-    logp, _ = _finalize(launch, partial, None, t, t_next, n, StepParams(noise_level, t_cap, mean, True))
+    logp, _ = _finalize(launch, partial, None, t, t_next, n, StepParams(noise_level, t_cap, mean, True, kind))
     return x_next, logp
 
 
@@ -167,6 +171,7 @@ def logprob_kl_impl(
         HAS_LOGP=has_logp,
         HAS_KL=has_kl,
         Q=QUARTER,
+        KIND=params.kind,
         num_warps=NUM_WARPS,
     )
     return _finalize(launch, partial_lp, partial_kl, t, t_next, n, params)
@@ -211,6 +216,7 @@ def logprob_kl_backward_impl(
         MEAN=params.mean,
         KL_EXACT=params.kl_exact,
         BLOCK=BACKWARD_BLOCK,
+        KIND=params.kind,
         num_warps=NUM_WARPS,
     )
     return grad_v
@@ -249,25 +255,25 @@ class _LogprobKLFunction(torch.autograd.Function):
 
 _SDE_SCHEMA = (
     "(Tensor x, Tensor v, Tensor t, Tensor t_next, Tensor? noise, Tensor? seed_state, float noise_level, "
-    "float t_cap, int seed, int offset, bool mean) -> (Tensor, Tensor)"
+    "float t_cap, int seed, int offset, bool mean, int kind) -> (Tensor, Tensor)"
 )
 _LPKL_ARGS = "Tensor? x_next, Tensor? x, Tensor v, Tensor? v_ref, Tensor t, Tensor t_next"
-_SCALARS = "float noise_level, float t_cap, bool mean, bool kl_exact"
+_SCALARS = "float noise_level, float t_cap, bool mean, bool kl_exact, int kind"
 _LPKL_SCHEMA = f"({_LPKL_ARGS}, {_SCALARS}) -> (Tensor, Tensor)"
 _LPKL_BWD_SCHEMA = f"({_LPKL_ARGS}, Tensor? grad_logp, Tensor? grad_kl, {_SCALARS}) -> Tensor"
 
 
-def _sde_op_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, *, launch):
-    return sde_step_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch)
+def _sde_op_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, kind, *, launch):
+    return sde_step_impl(x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean, launch, kind)
 
 
-def _lpkl_op_impl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact, *, launch):
-    params = StepParams(noise_level, t_cap, mean, kl_exact)
+def _lpkl_op_impl(x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact, kind, *, launch):
+    params = StepParams(noise_level, t_cap, mean, kl_exact, kind)
     return logprob_kl_impl(x_next, x, v, v_ref, t, t_next, params, launch)
 
 
-def _lpkl_bwd_op_impl(x_next, x, v, v_ref, t, t_next, g_lp, g_kl, noise_level, t_cap, mean, kl_exact, *, launch):
-    params = StepParams(noise_level, t_cap, mean, kl_exact)
+def _lpkl_bwd_op_impl(x_next, x, v, v_ref, t, t_next, g_lp, g_kl, noise_level, t_cap, mean, kl_exact, kind, *, launch):
+    params = StepParams(noise_level, t_cap, mean, kl_exact, kind)
     return logprob_kl_backward_impl(x_next, x, v, v_ref, t, t_next, g_lp, g_kl, params, launch)
 
 
@@ -280,16 +286,16 @@ def _register() -> tuple[Any, Any] | None:
         return None
 
     def setup_context(ctx, inputs, output):
-        x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact = inputs
+        x_next, x, v, v_ref, t, t_next, noise_level, t_cap, mean, kl_exact, kind = inputs
         ctx.save_for_backward(x_next, x, v, v_ref, t, t_next)
-        ctx.params = StepParams(noise_level, t_cap, mean, kl_exact)
+        ctx.params = StepParams(noise_level, t_cap, mean, kl_exact, kind)
 
     def backward(ctx, g_logp, g_kl):
         def run(x_next, x, v, v_ref, t, t_next, gl, gk, p):
-            return bwd_op(x_next, x, v, v_ref, t, t_next, gl, gk, p.noise_level, p.t_cap, p.mean, p.kl_exact)
+            return bwd_op(x_next, x, v, v_ref, t, t_next, gl, gk, p.noise_level, p.t_cap, p.mean, p.kl_exact, p.kind)
 
         grad_v = _grad_v(ctx.saved_tensors, ctx.params, g_logp, g_kl, run)
-        return None, None, grad_v, None, None, None, None, None, None, None
+        return None, None, grad_v, None, None, None, None, None, None, None, None
 
     lpkl_op.register_autograd(backward, setup_context=setup_context)
     return sde_op, lpkl_op
@@ -310,12 +316,13 @@ def sde_step_triton(
     seed: int,
     offset: int,
     mean: bool,
+    kind: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Dispatch to the registered operator or the plain launch (no gradient flows through a sampling step)."""
     args = (x, v, t, t_next, noise, seed_state, noise_level, t_cap, seed, offset, mean)
     if _OPS is not None and _registry.custom_ops_enabled():
-        return _OPS[0](*args)
-    return sde_step_impl(*args, launch=_registry.direct)
+        return _OPS[0](*args, kind)
+    return sde_step_impl(*args, launch=_registry.direct, kind=kind)
 
 
 def logprob_kl_triton(
@@ -330,5 +337,5 @@ def logprob_kl_triton(
     """Differentiable (w.r.t. ``v``) log-prob / KL through the registered operator or the autograd function."""
     if _OPS is not None and _registry.custom_ops_enabled():
         p = params
-        return _OPS[1](x_next, x, v, v_ref, t, t_next, p.noise_level, p.t_cap, p.mean, p.kl_exact)
+        return _OPS[1](x_next, x, v, v_ref, t, t_next, p.noise_level, p.t_cap, p.mean, p.kl_exact, p.kind)
     return _LogprobKLFunction.apply(x_next, x, v, v_ref, t, t_next, params)

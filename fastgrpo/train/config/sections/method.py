@@ -23,9 +23,23 @@ class SamplerConfig:
         prompts_per_step: ``P``, conditions per rank per iteration; a rank rolls out ``P * G`` samples.
         train_steps: SDE steps of a training rollout (e.g. 6-10), on the same time interval as evaluation.
         eval_steps: ODE steps of evaluation and inference (the model's usual count, e.g. 28 for FLUX.1 Kontext).
-        sde_window: ``[start, end)`` indices of the rollout steps that are SDE steps and trained; steps outside
-            are deterministic ODE steps and not trained. Null: every step.
-        train_fraction: fraction of the window's steps trained per iteration (a fresh random subset each time, at
+        sde_window: ``[start, end)`` indices of the rollout steps that may be SDE steps (and trained); steps
+            outside are deterministic ODE steps and not trained. Null: every step.
+        sde_steps: consecutive SDE steps per rollout, placed inside ``sde_window`` anew each iteration by
+            ``window_schedule``; the window's other steps are ODE steps that iteration. Null: the whole window
+            every iteration. One or two early steps is Flow-GRPO-Fast's branching (Liu et al. 2025,
+            arXiv:2505.05470, "Flow-GRPO-Fast"); a window that moves with training is MixGRPO's (Li et al. 2025,
+            arXiv:2507.21802). Fewer SDE steps mean cleaner rollouts and, with ``shared_noise``, a shared ODE
+            prefix rolled out once per group.
+        window_schedule: where the ``sde_steps`` window lies each iteration: ``random`` (a fresh start drawn
+            from ``(seed, iteration)``), or ``sliding`` (MixGRPO: the start moves one step later every
+            ``window_stride`` iterations, wrapping round to the beginning of ``sde_window``).
+        window_stride: iterations per position of a ``sliding`` window.
+        shared_noise: every rollout of a group starts from the same initial noise (DanceGRPO, Xue et al. 2025,
+            arXiv:2505.07818), so the edits of a group differ only by the SDE steps' noise and their reward
+            differences are credited to those steps. The ODE steps before the first SDE step are then the same
+            for the whole group and are rolled out once per group.
+        train_fraction: fraction of the iteration's SDE steps trained (a fresh random subset each time, at
             least one step); 1 trains them all. Fewer steps mean fewer transformer passes with gradient.
         seed: seed of the rollout noise; null derives it from ``runtime.seed``.
         rollout_batch: samples per rollout forward (must divide ``P * G``); null rolls all ``P * G`` out at once.
@@ -38,6 +52,10 @@ class SamplerConfig:
     train_steps: int = 8
     eval_steps: int = 20
     sde_window: tuple[int, int] | None = None
+    sde_steps: int | None = None
+    window_schedule: str = "random"
+    window_stride: int = 25
+    shared_noise: bool = False
     train_fraction: float = 0.5
     seed: int | None = None
     rollout_batch: int | None = None
@@ -59,6 +77,19 @@ class SamplerConfig:
                     f"sampler.sde_window must be [start, end) with 0 <= start < end <= sampler.train_steps "
                     f"({self.train_steps}), e.g. [0, {min(2, self.train_steps)}], or null (every step): got {window!r}"
                 )
+        if self.sde_steps is not None:
+            start, end = self.window
+            check_int("sampler.sde_steps", self.sde_steps, 1, "SDE steps per rollout, or null for the whole window")
+            if self.sde_steps > end - start:
+                raise ValueError(
+                    f"sampler.sde_steps={self.sde_steps} exceeds the SDE window's {end - start} steps "
+                    f"({list(self.window)}); use at most {end - start}, or null for the whole window"
+                )
+        if self.window_schedule not in ("random", "sliding"):
+            raise ValueError(f"sampler.window_schedule must be 'random' or 'sliding', got {self.window_schedule!r}")
+        check_int("sampler.window_stride", self.window_stride, 1, "iterations per position of a sliding window")
+        if not isinstance(self.shared_noise, bool):
+            raise ValueError(f"sampler.shared_noise must be true or false, got {self.shared_noise!r}")
         check_number("sampler.train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True, hint="1 = all")
         if self.seed is not None:
             check_int("sampler.seed", self.seed, 0, "or null to derive it from runtime.seed")
@@ -78,9 +109,10 @@ class SamplerConfig:
 
     @property
     def trained_steps(self) -> int:
-        """Steps trained per iteration: ``max(1, round(train_fraction * window length))``."""
+        """Steps trained per iteration: ``max(1, round(train_fraction * SDE steps per rollout))`` (the SDE steps:
+        ``sde_steps``, or the window's length)."""
         start, end = self.window
-        return max(1, round(self.train_fraction * (end - start)))
+        return max(1, round(self.train_fraction * (self.sde_steps or end - start)))
 
 
 @dataclass(frozen=True)
