@@ -64,7 +64,7 @@ DEFAULT_SIZES = ("tiny", "mid", "full")
 ALL_SIZES = ("tiny", "mid", "full", "full1024")
 # shared by every case: evaluation, checkpoints and the progress line off; Flow-GRPO's KL (what the baseline computes)
 COMMON = ("logging.eval_every=0", "logging.save_every=0", "logging.progress=false", "data.held_out=0",
-          "grpo.kl_form=flow_grpo")  # fmt: skip
+          "grpo.kl_form=flow_grpo", "sde.sampler=sde")  # fmt: skip  # the baseline's step math is SPEC S1
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ class FlowGRPOIteration:
     ``iteration(step)`` returns a metrics row with the keys of ``Trainer.iteration``'s timing part: ``time/step``,
     ``time/<phase>`` (data, rollout, decode, reward_submit, reward, advantages, update, optimizer), ``images_per_s``,
     ``tflops_per_s``, ``mfu`` (None off the peak table), ``peak_mem_gib`` (None off CUDA), plus ``reward_mean`` and
-    the logged loss statistics. Build the trainer with ``runtime.cuda_graphs=false runtime.compile=false``.
+    the logged loss statistics. Build the trainer with ``runtime.cuda_graphs=false runtime.compile=false`` and
+    ``sde.sampler=sde`` (the baseline implements SPEC S1's step only).
 
     Args:
         trainer: supplies everything but the loop; it is not modified except for its LoRA weights and optimiser.
@@ -177,6 +178,15 @@ class FlowGRPOIteration:
     def __init__(self, trainer: Trainer, *, sample_batch: int = FLOW_GRPO_BATCH, train_batch: int = FLOW_GRPO_BATCH):
         if sample_batch < 1 or train_batch < 1:
             raise ValueError(f"sample_batch and train_batch must be >= 1, got {sample_batch} and {train_batch}")
+        if (
+            trainer.cfg.sde.sampler != "sde"
+            or trainer.cfg.sampler.sde_steps is not None
+            or trainer.cfg.sampler.shared_noise
+        ):
+            raise ValueError(
+                "the Flow-GRPO baseline runs SPEC S1's SDE step over a fixed window with independent noise: "
+                "build the trainer with sde.sampler=sde, sampler.sde_steps=null, sampler.shared_noise=false"
+            )
         self.trainer, self.sample_batch, self.train_batch = trainer, sample_batch, train_batch
         self.timer = PhaseTimer(trainer.device)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flow-grpo-reward")

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from fastgrpo.core.sde import StepSpec
 from fastgrpo.kernels import GRPOStats, grpo_loss, logprob_kl
+from fastgrpo.kernels.sde.naive import coefficients
 
 __all__ = ["GRPOConfig", "step_loss"]
 
@@ -37,6 +39,13 @@ class GRPOConfig:
             within each group (Flow-GRPO's way); ``"per_component"`` normalises each component within its group
             first, sums the weighted results and normalises that sum over the batch (GDPO, Liu et al. 2026,
             arXiv:2601.05242), so that a component with a small spread is not drowned by one with a large spread.
+        ratio_norm: GRPO-Guard's regulated clipping (Wang et al. 2025, arXiv:2510.22319). Per trained step, the
+            log-ratio ``logp - old_logp`` is centred (its expectation under the rollout policy is
+            ``-||mu - mu_old||^2 / (2 s^2)``, a left shift that keeps positive-advantage samples out of the clip;
+            here estimated by the micro-batch's detached mean log-ratio) and multiplied by the step's std ``s``,
+            so that ratios have one spread at every step; the step's loss is weighted by ``1 / |dt|`` so that
+            the steps' gradients are balanced over noise levels. On-policy (one inner epoch) the ratio stays
+            exactly 1 and the gradient is the plain one times ``s / |dt|`` per step.
     """
 
     clip_low: float = 1e-4
@@ -46,6 +55,7 @@ class GRPOConfig:
     adv_std: Literal["group", "global"] = "group"
     adv_clip: float = 5.0
     adv_aggregation: Literal["sum", "per_component"] = "sum"
+    ratio_norm: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.clip_low < 1.0:
@@ -62,6 +72,8 @@ class GRPOConfig:
             raise ValueError(f"grpo.adv_clip must be > 0 (e.g. 5), got {self.adv_clip!r}")
         if self.adv_aggregation not in ("sum", "per_component"):
             raise ValueError(f"grpo.adv_aggregation must be 'sum' or 'per_component', got {self.adv_aggregation!r}")
+        if not isinstance(self.ratio_norm, bool):
+            raise ValueError(f"grpo.ratio_norm must be true or false, got {self.ratio_norm!r}")
 
     @property
     def needs_reference(self) -> bool:
@@ -114,8 +126,24 @@ def step_loss(
         sampler=spec.sampler,
     )
     assert logp is not None
+    ratio_logp, step_weight = logp, 1.0
+    if grpo.ratio_norm:
+        ratio_logp, step_weight = _normalised_logp(logp, old_logp, t, t_next, spec)
     loss, stats = grpo_loss(
-        logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta,
+        ratio_logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta,
         backend=spec.backend,
     )  # fmt: skip
-    return loss * weight, stats, logp.detach()
+    return loss * (weight * step_weight), stats, logp.detach()
+
+
+def _normalised_logp(
+    logp: Tensor, old_logp: Tensor, t: float | Tensor, t_next: float | Tensor, spec: StepSpec
+) -> tuple[Tensor, Tensor]:
+    """GRPO-Guard's RatioNorm (:attr:`GRPOConfig.ratio_norm`): ``old_logp + s (lr - mean(lr))`` with
+    ``lr = logp - old_logp`` (the mean detached, over the micro-batch), and the step weight ``1 / |dt|``. Stays on
+    the device (``s`` and ``dt`` are computed from the step's times as tensors)."""
+    t, t_next = torch.as_tensor(t, device=logp.device), torch.as_tensor(t_next, device=logp.device)
+    c = coefficients(t.float(), t_next.float(), spec.noise_level, spec.t_cap, torch.float32, spec.sampler)
+    log_ratio = logp - old_logp
+    centred = log_ratio - log_ratio.detach().mean()
+    return old_logp + c.std.reshape(()) * centred, 1.0 / c.dt.abs().reshape(())

@@ -1,4 +1,4 @@
-"""The ``fastgrpo`` command line: ``train``, ``eval``, ``compare``, ``env`` and ``data check``."""
+"""The ``fastgrpo`` command line: ``train``, ``eval``, ``compare``, ``bench-learning``, ``env`` and ``data check``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def _load_cli_config(args: argparse.Namespace) -> Any:
     from fastgrpo.train.config import load_config
 
     overrides = list(args.overrides)
+    if getattr(args, "recipe", None):
+        from fastgrpo.train.recipes import get_recipe
+
+        overrides = [*get_recipe(args.recipe).overrides, *overrides]  # the command line's own overrides win
     if getattr(args, "output_dir", None):
         overrides.append(f"logging.output_dir={args.output_dir}")
     if getattr(args, "profile_steps", None):
@@ -148,6 +152,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_learning(args: argparse.Namespace) -> int:
+    """``fastgrpo bench-learning``: named recipes trained for the same time, held-out reward against time and
+    rollouts (the logic lives in :mod:`fastgrpo.train.learning`)."""
+    from pathlib import Path
+
+    from fastgrpo.train.errors import TrainingError
+    from fastgrpo.train.learning import run_learning_benchmark, summary_table
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"{what} must be comma-separated integers, e.g. 0,1,2: got {text!r}") from None
+
+    try:
+        result = run_learning_benchmark(
+            [name.strip() for name in args.recipes.split(",") if name.strip()], ints(args.seeds, "--seeds"),
+            minutes=args.minutes, held_out_sets=ints(args.held_out_sets, "--held-out-sets"),
+            eval_every=args.eval_every, out=Path(args.out), overrides=args.overrides,
+            max_iterations=args.max_iterations, log=lambda line: print(line, file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except (ValueError, TrainingError, FileNotFoundError, OSError) as error:
+        return _fail("bench-learning", error)
+    print(summary_table(result))
+    print(f"wrote {Path(args.out) / 'learning.json'} and {Path(args.out) / 'learning.png'}")
+    return 0
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML config (default: the built-in demo, configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. grpo.beta=0")
@@ -191,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a LoRA with GRPO (default: the built-in tiny editor on CPU)")
     _add_config_args(train)
     train.add_argument("--output-dir", default=None, help="parent of run directories (logging.output_dir)")
+    train.add_argument("--recipe", default=None,
+                       help="a named recipe's overrides first (README Recipes), e.g. flow_grpo")  # fmt: skip
     train.add_argument("--profile-steps", default=None, metavar="A:B",
                        help="iterations [A, B) between cudaProfilerStart/Stop (profile.steps), for "
                             "nsys profile --capture-range=cudaProfilerApi")  # fmt: skip
@@ -215,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="conditions shown in report.png (default: eval.report_conditions, 0: none)")  # fmt: skip
     compare.add_argument("--out", default="compare", help="folder of report.png/.json/.md (default: ./compare)")
     compare.set_defaults(func=cmd_compare)
+    bench = sub.add_parser("bench-learning", help="recipes trained for the same time: held-out reward vs time/rollouts")
+    bench.add_argument("--recipes", default="flow_grpo,default", help="comma-separated recipe names (README Recipes)")
+    bench.add_argument("--seeds", default="0,1,2", help="rollout seeds (sampler.seed), comma-separated")
+    bench.add_argument("--held-out-sets", default="0,1", help="held-out sets (that of runtime.seed=j), e.g. 0,1")
+    bench.add_argument("--minutes", type=float, default=5.0, help="training time per run, evaluation excluded")
+    bench.add_argument("--eval-every", type=int, default=25, help="iterations between held-out evaluations")
+    bench.add_argument("--max-iterations", type=int, default=None, help="also stop a run after this many iterations")
+    bench.add_argument("--out", default="learning", help="folder of learning.json, learning.png and the runs")
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help="for every run, e.g. data.held_out=16")
+    bench.set_defaults(func=cmd_bench_learning)
     env = sub.add_parser("env", help="print versions, devices, Triton mode and attention backends")
     env.set_defaults(func=cmd_env)
     _add_data_parser(sub)

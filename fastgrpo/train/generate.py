@@ -144,40 +144,44 @@ class RolloutGenerator:
         order = torch.randperm(len(plan.sde_steps), generator=gen)[: self.trained_per_iteration]
         return tuple(plan.sde_steps[int(i)] for i in order)
 
-    def _initial_noise(self, step: int, key: int, first_row: int, cond: Condition) -> torch.Tensor:
-        """The initial noise of the chunk ``key`` whose first row is ``first_row``: independent per sample, or
-        with ``shared_noise`` one draw per group keyed by the global group index (the same on any chunking)."""
+    def _initial_noise(self, step: int, key: int, groups: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The initial noise of the chunk ``key`` whose rows belong to the global groups ``groups``: independent
+        per sample, or with ``shared_noise`` one draw per group keyed by its global id (the same on any chunking,
+        rank count or placement)."""
         if not self.shared:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, step, key, 1))
             return self.model.initial_noise(self.chunk, cond.height, cond.width, generator=gen)
-        assert self.sampler is not None
-        size = self.sampler.group_size
-        rows = range(self.rank * self.batch_size + first_row, self.rank * self.batch_size + first_row + self.chunk)
+        ids = groups.tolist()
         draws: dict[int, torch.Tensor] = {}
-        for group in sorted({r // size for r in rows}):
+        for group in sorted(set(ids)):
             gen = torch.Generator().manual_seed(mix_seed(self.seed, step, group, 3))
             draws[group] = self.model.initial_noise(1, cond.height, cond.width, generator=gen)
-        return torch.cat([draws[r // size] for r in rows])
+        return torch.cat([draws[group] for group in ids])
 
-    def _chunks(self, step: int, cond: Condition) -> Iterator[tuple[slice, Condition, torch.Tensor, torch.Tensor]]:
+    def _chunks(
+        self, step: int, cond: Condition, group_ids: torch.Tensor
+    ) -> Iterator[tuple[slice, Condition, torch.Tensor, torch.Tensor]]:
         """Per chunk: its rows, conditions, initial noise and noise state, keyed by the global chunk index."""
         device = self.model.device
         for c in range(self.n_chunks):
             rows = slice(c * self.chunk, (c + 1) * self.chunk)
             key = self.rank * self.n_chunks + c  # the global chunk index: the same samples get the same noise
-            initial = self._initial_noise(step, key, rows.start, cond)
+            initial = self._initial_noise(step, key, group_ids[rows], cond)
             state = noise_state(mix_seed(self.seed, step, key, 2), 0, device=device)
             sub = cond if self.n_chunks == 1 else cond.index_select(torch.arange(rows.start, rows.stop, device=device))
             yield rows, sub, initial, state
 
-    def _shared_prefix_groups(self) -> int | None:
-        """The group size whose rows may share their ODE prefix in :func:`rollout` (shared noise and whole
-        groups in every chunk), else None."""
+    def _shared_prefix_groups(self, group_ids: torch.Tensor) -> int | None:
+        """The group size ``G`` when every chunk is made of whole groups, each ``G`` consecutive rows (so that
+        with shared noise a group's ODE prefix is one computation, :func:`rollout`), else None."""
         if not self.shared:
             return None
         assert self.sampler is not None
         size = self.sampler.group_size
-        return size if self.chunk % size == 0 and (self.rank * self.batch_size) % size == 0 else None
+        if self.chunk % size:
+            return None
+        blocks = group_ids.reshape(-1, size)
+        return size if bool((blocks == blocks[:, :1]).all()) else None
 
     def generate(self, step: int, batch: RankBatch, cond: Condition) -> Generated:
         """Roll out and score iteration ``step``'s samples of this rank (``cond``: one row per sample); the rollout
@@ -185,8 +189,8 @@ class RolloutGenerator:
         plan = self.iteration_plan(step, self.plans(cond.height, cond.width))
         group_ids = batch.group_ids.to(self.model.device)
         parts, futures, images = [], [], []
-        shared = self._shared_prefix_groups()
-        for rows, sub, initial, state in self._chunks(step, cond):
+        shared = self._shared_prefix_groups(batch.group_ids)
+        for rows, sub, initial, state in self._chunks(step, cond, batch.group_ids):
             with self._phase("rollout"):
                 part = rollout(self.model, sub, plan, initial, noise_state=state, group_ids=group_ids[rows],
                                annotate=self._annotate, steps_fn=self._steps_fn, shared_prefix=shared)  # fmt: skip

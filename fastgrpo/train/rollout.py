@@ -60,8 +60,8 @@ class RolloutPlan:
 
     @classmethod
     def build(cls, schedule: StepSchedule, spec: StepSpec, window: tuple[int, int] | None = None) -> RolloutPlan:
-        """The plan of ``schedule`` with the SDE window ``[start, end)`` (``None``: every step; empty: the ODE). Steps of the
-        window whose sampler draws no noise (a CPS step to ``t = 0``) are ODE steps."""
+        """The plan of ``schedule`` with the SDE window ``[start, end)`` (``None``: every step; empty: the ODE).
+        Steps of the window whose sampler draws no noise (a CPS step to ``t = 0``) are ODE steps."""
         times, window_steps = schedule.times.tolist(), sde_steps(schedule.num_steps, window)
         steps = tuple(k for k in window_steps if spec.has_noise(times[k + 1]))
         if window_steps and not steps:

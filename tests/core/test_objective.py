@@ -149,7 +149,8 @@ def test_sigma_and_step_gaussian_follow_spec():
 def test_step_spec_is_resolved_once_from_the_config_and_checks_its_values():
     schedule = flow_schedule({"shift": 3.0}, 10)
     spec = SDEConfig(noise_level=0.5, reduction="sum").spec(schedule, "torch")
-    assert spec == StepSpec(0.5, schedule.t_cap, "sum", "torch")
+    assert spec == StepSpec(0.5, schedule.t_cap, "sum", "torch", "cps")  # the training default: CPS
+    assert SDEConfig(sampler="sde").spec(schedule, "torch") == StepSpec(0.7, schedule.t_cap, "mean", "torch")
     assert SDEConfig(t_cap=0.25).spec(schedule).t_cap == 0.25
     with pytest.raises(AttributeError):
         spec.noise_level = 0.7  # frozen: one spec serves every call of its resolution
@@ -157,3 +158,59 @@ def test_step_spec_is_resolved_once_from_the_config_and_checks_its_values():
                           ({"backend": "cpu"}, "backend"), ({"noise_level": -0.1}, "noise_level")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             StepSpec(**{"noise_level": 0.7, "t_cap": 0.9, **kwargs})
+
+
+@pytest.mark.parametrize("sampler", ["sde", "cps"])
+def test_ratio_norm_on_policy_is_the_plain_gradient_weighted_by_std_over_dt(sampler):
+    """GRPO-Guard's RatioNorm (arXiv:2510.22319) on-policy: ratio exactly 1, gradient = plain gradient * s / |dt|."""
+    b, n, k = 6, 40, 2
+    g = torch.Generator().manual_seed(3)
+    x, v_old, noise = (torch.randn(b, n, generator=g) for _ in range(3))
+    t, tn = TIMES[k], TIMES[k + 1]
+    kw = {"noise_level": A, "t_cap": T_CAP, "sampler": sampler}
+    x_next, old = naive.sde_step_ref(x, v_old, t, tn, noise, **kw)
+    adv = torch.randn(b, generator=g)
+    spec = StepSpec(A, T_CAP, backend="torch", sampler=sampler)
+    grads, stats = [], []
+    for norm in (False, True):
+        theta = torch.zeros((), requires_grad=True)
+        cfg = GRPOConfig(beta=0.0, ratio_norm=norm)
+        loss, st, _ = step_loss(x_next, x, _policy(v_old, theta), None, t, tn, old, adv, grpo=cfg, spec=spec)
+        loss.backward()
+        grads.append(theta.grad.clone())
+        stats.append(st.to_dict())
+    c = naive.coefficients(t, tn, A, T_CAP, torch.float64, sampler)
+    scale = float(c.std.squeeze() / c.dt.abs().squeeze())
+    assert grads[0].abs() > 1e-6 and scale != pytest.approx(1.0, abs=0.05)
+    torch.testing.assert_close(grads[1], grads[0] * scale, rtol=1e-4, atol=1e-9)
+    assert stats[1]["ratio_min"] == stats[1]["ratio_max"] == 1.0
+
+
+def test_ratio_norm_centres_the_left_shifted_log_ratio():
+    """Off-policy, the log-ratio of samples drawn from the old policy is shifted left by ||mu - mu_old||^2/(2 s^2);
+    RatioNorm takes the shift out (mean log-ratio 0) and scales the spread by the step's std."""
+    b, n, k = 256, 64, 1
+    g = torch.Generator().manual_seed(4)
+    x, v_old, noise = (torch.randn(b, n, generator=g) for _ in range(3))
+    t, tn = TIMES[k], TIMES[k + 1]
+    x_next, old = naive.sde_step_ref(x, v_old, t, tn, noise, noise_level=A, t_cap=T_CAP)
+    v_new = v_old + 0.3 * torch.randn(b, n, generator=g)  # a policy that has moved
+    spec = StepSpec(A, T_CAP, backend="torch")
+    plain, normed = ({} for _ in range(2))
+    for norm, out in ((False, plain), (True, normed)):
+        cfg = GRPOConfig(beta=0.0, ratio_norm=norm, clip_low=0.5, clip_high=0.5)
+        _, st, _ = step_loss(x_next, x, v_new, None, t, tn, old, torch.ones(b), grpo=cfg, spec=spec)
+        out.update(st.to_dict())
+    assert plain["ratio_mean"] < 1.0 - 1e-4  # the left shift
+    # the mean log-ratio is 0; exp() of a centred spread leaves a second-order excess
+    assert abs(normed["ratio_mean"] - 1.0) < 0.1 * abs(plain["ratio_mean"] - 1.0)
+    spread = {
+        name: math.log(o["ratio_max"]) - math.log(o["ratio_min"]) for name, o in (("plain", plain), ("norm", normed))
+    }
+    std = float(naive.coefficients(t, tn, A, T_CAP, torch.float64).std.squeeze())
+    assert spread["norm"] == pytest.approx(spread["plain"] * std, rel=1e-3)
+
+
+def test_ratio_norm_must_be_a_bool():
+    with pytest.raises(ValueError, match="ratio_norm must be true or false"):
+        GRPOConfig(ratio_norm="yes")

@@ -435,15 +435,16 @@ def test_an_update_raises_the_log_prob_of_better_than_average_rollouts(tmp_path)
     ro = trainer.generator.generate(0, batch, cond).rollout
     adv = group_advantages(ro.rewards, batch.group_ids, batch.num_groups).advantages
     ro = replace(ro, advantages=adv)
-    t_cap = trainer.plans(cond.height, cond.width).spec.t_cap
+    spec = trainer.plans(cond.height, cond.width).spec
 
     def summed_logp() -> torch.Tensor:
         with torch.no_grad():
             total = torch.zeros(batch.size)
-            for k in range(ro.num_steps):
+            for k in ro.sde_steps:
                 x, x_next = ro.step(k)
                 v = trainer.model.velocity(x, ro.times[k].expand(batch.size), cond)
-                total += step_logprob(x_next, x, v, ro.times[k], ro.times[k + 1], noise_level=0.7, t_cap=t_cap)
+                total += step_logprob(x_next, x, v, ro.times[k], ro.times[k + 1], noise_level=0.7, t_cap=spec.t_cap,
+                                      sampler=spec.sampler)  # fmt: skip
             return total
 
     before = summed_logp()
