@@ -44,7 +44,8 @@ class GRPOConfig:
             ``-||mu - mu_old||^2 / (2 s^2)``, a left shift that keeps positive-advantage samples out of the clip;
             here estimated by the micro-batch's detached mean log-ratio) and multiplied by the step's std ``s``,
             so that ratios have one spread at every step; the step's loss is weighted by ``1 / |dt|`` so that
-            the steps' gradients are balanced over noise levels. On-policy (one inner epoch) the ratio stays
+            the steps' gradients are balanced over noise levels (folded into the advantages and the KL, so the
+            logged ``policy_loss`` and ``kl`` carry these weights). On-policy (one inner epoch) the ratio stays
             exactly 1 and the gradient is the plain one times ``s / |dt|`` per step.
     """
 
@@ -94,6 +95,7 @@ def step_loss(
     grpo: GRPOConfig,
     spec: StepSpec,
     weight: float | Tensor = 1.0,
+    blocks: int = 1,
 ) -> tuple[Tensor, GRPOStats, Tensor]:
     """Weighted loss of one trained step for a micro-batch, its statistics and the new log-prob.
 
@@ -105,6 +107,9 @@ def step_loss(
         spec: the step math (noise level, ``t_cap``, reduction, kernel backend) of this resolution.
         weight: multiplies the loss (a float, or a 0-d float32 tensor); see the module docstring for the value
             that makes accumulation exact.
+        blocks: the rows are this many consecutive equal blocks, one per trained step (several steps in one call,
+            ``t``/``t_next`` given per row); the loss is then the mean over all rows. What is per step
+            (``ratio_norm``'s centring) is done per block.
 
     Returns:
         ``(loss 0-d, stats, logp [B])``; ``loss`` is differentiable w.r.t. ``v``; nothing is read to the host.
@@ -126,24 +131,31 @@ def step_loss(
         sampler=spec.sampler,
     )
     assert logp is not None
-    ratio_logp, step_weight = logp, 1.0
+    ratio_logp = logp
     if grpo.ratio_norm:
-        ratio_logp, step_weight = _normalised_logp(logp, old_logp, t, t_next, spec)
+        ratio_logp, step_weight = _normalised_logp(logp, old_logp, t, t_next, spec, blocks)
+        # a positive per-row weight folds exactly into the clipped term (max(-cA r, -cA clip(r)) = c max(...))
+        # and the KL term, so steps of one call may carry different weights
+        adv = adv * step_weight
+        kl = kl * step_weight if kl is not None else None
     loss, stats = grpo_loss(
         ratio_logp, old_logp, adv, clip_low=grpo.clip_low, clip_high=grpo.clip_high, kl=kl, beta=grpo.beta,
         backend=spec.backend,
     )  # fmt: skip
-    return loss * (weight * step_weight), stats, logp.detach()
+    return loss * weight, stats, logp.detach()
 
 
 def _normalised_logp(
-    logp: Tensor, old_logp: Tensor, t: float | Tensor, t_next: float | Tensor, spec: StepSpec
+    logp: Tensor, old_logp: Tensor, t: float | Tensor, t_next: float | Tensor, spec: StepSpec, blocks: int
 ) -> tuple[Tensor, Tensor]:
     """GRPO-Guard's RatioNorm (:attr:`GRPOConfig.ratio_norm`): ``old_logp + s (lr - mean(lr))`` with
-    ``lr = logp - old_logp`` (the mean detached, over the micro-batch), and the step weight ``1 / |dt|``. Stays on
-    the device (``s`` and ``dt`` are computed from the step's times as tensors)."""
-    t, t_next = torch.as_tensor(t, device=logp.device), torch.as_tensor(t_next, device=logp.device)
-    c = coefficients(t.float(), t_next.float(), spec.noise_level, spec.t_cap, torch.float32, spec.sampler)
+    ``lr = logp - old_logp`` (the mean detached, over each step's block of rows), and the per-row step weight
+    ``1 / |dt|``. Stays on the device (``s`` and ``dt`` are computed from the step's times as tensors)."""
+    device, rows = logp.device, logp.shape[0]
+    t = torch.as_tensor(t, device=device).float().expand(rows)
+    t_next = torch.as_tensor(t_next, device=device).float().expand(rows)
+    c = coefficients(t, t_next, spec.noise_level, spec.t_cap, torch.float32, spec.sampler)
     log_ratio = logp - old_logp
-    centred = log_ratio - log_ratio.detach().mean()
-    return old_logp + c.std.reshape(()) * centred, 1.0 / c.dt.abs().reshape(())
+    block_mean = log_ratio.detach().reshape(blocks, -1).mean(1, keepdim=True).expand(blocks, rows // blocks)
+    centred = log_ratio - block_mean.reshape(rows)
+    return old_logp + c.std.reshape(rows) * centred, 1.0 / c.dt.abs().reshape(rows)

@@ -206,7 +206,8 @@ class Trainer:
             self.policy.zero_grad()
             with self._phase("update"):
                 grads = grpo_backward(self.model, ro, cond, grpo=self.cfg.grpo, spec=plan.spec, micro_batch=micro,
-                                      annotate=self.annotate.range, step_fn=step_fn)  # fmt: skip
+                                      annotate=self.annotate.range, step_fn=step_fn,
+                                      batch_steps=self.cfg.optim.step_batching)  # fmt: skip
             with self._phase("optimizer"):
                 stats = self.policy.step(grads, iteration=step + 1)
         used_graphs = self.graphs is not None and self.graphs.used

@@ -15,7 +15,7 @@ replay of its capture.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -46,6 +46,9 @@ class MicroBatch:
         cond: the ``b`` conditions.
         weight: the loss weight ``(b / B) / (trained steps)`` (a 0-d float32 tensor in a CUDA graph's static
             inputs, so that replays can change it).
+        blocks: the number of trained steps batched in these rows (``optim.step_batching``): the rows are
+            ``blocks`` consecutive equal blocks, one per step (``step`` is the first), ``t``/``t_next`` one time per
+            row, and ``weight`` is ``b / B``. 1: one step, the default.
     """
 
     step: int
@@ -57,6 +60,7 @@ class MicroBatch:
     adv: Tensor
     cond: Condition
     weight: float | Tensor
+    blocks: int = 1
 
 
 #: what runs one micro-step: ``(model, batch, grpo, spec, annotate) -> stats [len(GRPOStats.NAMES)]`` with the
@@ -71,8 +75,9 @@ def micro_step(
     on the device. The weighted loss's gradient accumulates into the LoRA parameters' ``.grad``."""
     mark = annotate if annotate is not None else (lambda _name: contextlib.nullcontext())
     t = batch.t.expand(batch.x.shape[0])
+    name = f"step {batch.step}" if batch.blocks == 1 else f"steps {batch.step}+{batch.blocks - 1}"
     with torch.enable_grad():
-        with mark(f"train forward step {batch.step}"):
+        with mark(f"train forward {name}"):
             v = model.velocity(batch.x, t, batch.cond)
             v_ref = None
             if grpo.needs_reference:
@@ -80,9 +85,9 @@ def micro_step(
                     v_ref = model.velocity(batch.x, t, batch.cond)
             loss, stats, _ = step_loss(
                 batch.x_next, batch.x, v, v_ref, batch.t, batch.t_next, batch.old_logp, batch.adv, grpo=grpo,
-                spec=spec, weight=batch.weight,
+                spec=spec, weight=batch.weight, blocks=batch.blocks,
             )  # fmt: skip
-        with mark(f"train backward step {batch.step}"):
+        with mark(f"train backward {name}"):
             loss.backward()
     return stats.values
 
@@ -113,6 +118,7 @@ def grpo_backward(
     micro_batch: int | None = None,
     annotate: Annotate | None = None,
     step_fn: MicroStep = micro_step,
+    batch_steps: bool = False,
 ) -> GRPOStats:
     """Accumulate the gradient of ``J`` over the trained steps of ``rollout``; returns on-device statistics.
 
@@ -123,28 +129,54 @@ def grpo_backward(
         micro_batch: samples per forward (``None``: the whole batch at once).
         annotate: ``annotate(name)`` gives a context around each micro-step and its forward and backward (NVTX).
         step_fn: runs one micro-step (default :func:`micro_step`; a CUDA-graph runner replays it instead).
+        batch_steps: run all trained steps of a micro-batch as one forward of ``steps x samples`` rows
+            (``optim.step_batching``; the same gradient, fewer and larger kernels, activations of every step at
+            once); False: one step at a time.
 
     Raises ``ValueError`` for a rollout without advantages or trained steps, a trained step that is not an SDE
     step, a ``cond`` of another batch size, or ``micro_batch < 1``.
     """
     chunks = _micro_batch_rows(rollout, cond, micro_batch)
-    batch, steps, times = rollout.batch_size, rollout.trained, rollout.times
+    steps = rollout.trained
     assert rollout.advantages is not None and steps is not None
     conds = [cond.index_select(rows) for rows in chunks]
     mark = annotate if annotate is not None else (lambda _name: contextlib.nullcontext())
     totals = torch.zeros(len(GRPOStats.NAMES), dtype=torch.float32, device=rollout.device)
     low = torch.full((), float("inf"), device=rollout.device)
     high = torch.full((), float("-inf"), device=rollout.device)
-    for k in steps:
-        x, x_next = rollout.step(k)
-        for rows, sub in zip(chunks, conds, strict=True):
-            weight = rows.numel() / batch / len(steps)
-            micro = MicroBatch(k, x[rows], x_next[rows], times[k], times[k + 1], rollout.log_probs[rows, k],
-                               rollout.advantages[rows], sub, weight)  # fmt: skip
-            with mark(f"train step {k}"):
-                values = step_fn(model, micro, grpo, spec, annotate)
-            totals += values * weight
-            low = torch.minimum(low, values[_MIN])
-            high = torch.maximum(high, values[_MAX])
+    for micro in _micro_batches(rollout, chunks, conds, steps, batch_steps):
+        with mark(f"train step {micro.step}" if micro.blocks == 1 else f"train steps {micro.step}+{micro.blocks - 1}"):
+            values = step_fn(model, micro, grpo, spec, annotate)
+        totals += values * micro.weight
+        low = torch.minimum(low, values[_MIN])
+        high = torch.maximum(high, values[_MAX])
     totals[_MIN], totals[_MAX] = low, high
     return GRPOStats(totals)
+
+
+def _micro_batches(
+    rollout: Rollout, chunks: list[Tensor], conds: list[Condition], steps: tuple[int, ...], batch_steps: bool
+) -> Iterator[MicroBatch]:
+    """The micro-steps of the update: per trained step and micro-batch, or (``batch_steps``) per micro-batch with
+    every trained step's rows stacked, step after step."""
+    batch, times = rollout.batch_size, rollout.times
+    assert rollout.advantages is not None
+    if not batch_steps or len(steps) == 1:
+        for k in steps:
+            x, x_next = rollout.step(k)
+            for rows, sub in zip(chunks, conds, strict=True):
+                yield MicroBatch(k, x[rows], x_next[rows], times[k], times[k + 1], rollout.log_probs[rows, k],
+                                 rollout.advantages[rows], sub, rows.numel() / batch / len(steps))  # fmt: skip
+        return
+    index = torch.tensor(steps, device=rollout.device)
+    for rows, sub in zip(chunks, conds, strict=True):
+        b, n = rows.numel(), len(steps)
+        picked = rollout.latents[rows]  # [b, K + 1, ...]
+        x = picked[:, index].transpose(0, 1).reshape(n * b, *picked.shape[2:])
+        x_next = picked[:, index + 1].transpose(0, 1).reshape(n * b, *picked.shape[2:])
+        t = times[index].repeat_interleave(b)
+        t_next = times[index + 1].repeat_interleave(b)
+        old_logp = rollout.log_probs[rows][:, index].transpose(0, 1).reshape(-1)
+        tiled = sub.index_select(torch.arange(b, device=rollout.device).repeat(n))
+        yield MicroBatch(steps[0], x, x_next, t, t_next, old_logp, rollout.advantages[rows].repeat(n), tiled,
+                         b / batch, blocks=n)  # fmt: skip

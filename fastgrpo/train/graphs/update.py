@@ -100,8 +100,8 @@ class UpdateGraphRunner(GraphRunner):
         reason = self.unavailable(device)
         entry = None
         if reason is None:
-            key = ("update", tuple(batch.x.shape), batch.x.dtype, cond_signature(batch.cond), grpo, spec,
-                   *self._key_common(device))  # fmt: skip
+            key = ("update", tuple(batch.x.shape), batch.blocks, batch.x.dtype, cond_signature(batch.cond), grpo,
+                   spec, *self._key_common(device))  # fmt: skip
             entry = self._get(key, lambda: self._build(batch, grpo, spec))
         else:
             self.fall_back(reason)
@@ -140,7 +140,7 @@ class UpdateGraphRunner(GraphRunner):
             batch.step, batch.x.clone(memory_format=torch.contiguous_format),
             batch.x_next.clone(memory_format=torch.contiguous_format), batch.t.to(**f32).clone(),
             batch.t_next.to(**f32).clone(), batch.old_logp.clone(), batch.adv.to(**f32).clone(),
-            static_cond(batch.cond), weight,
+            static_cond(batch.cond), weight, batch.blocks,
         )  # fmt: skip
         entry = _StepGraph(graph=None, inputs=inputs, weight=weight, stats=None)
         grads = self._bind_grads()

@@ -130,6 +130,10 @@ class OptimConfig:
             1 only from the second pass on.
         grad_accum: micro-batches a rank's ``P * G`` samples are split into for the update (memory knob; the loss
             is weighted so the gradient is the same for any value); must divide ``P * G``.
+        step_batching: the trained steps of a micro-batch go through the transformer as one forward and backward
+            of ``steps x samples`` rows instead of one step at a time: the same gradient from fewer, larger
+            kernels, with the activations of every trained step alive at once (lower ``grad_accum`` pressure with
+            it off, or raise ``grad_accum``).
         ema_decay: decay of an exponential moving average of the LoRA weights used for evaluation, in
             ``(0, 1)`` (e.g. 0.9); null keeps no average.
         nonfinite_limit: an update whose loss or gradient is not finite is skipped and counted; this many in a
@@ -144,6 +148,7 @@ class OptimConfig:
     warmup_steps: int = 0
     inner_epochs: int = 1
     grad_accum: int = 1
+    step_batching: bool = False
     ema_decay: float | None = None
     nonfinite_limit: int = 5
 
@@ -161,6 +166,8 @@ class OptimConfig:
         check_int("optim.warmup_steps", self.warmup_steps, 0, "0 turns warm-up off")
         check_int("optim.inner_epochs", self.inner_epochs, 1, "passes over each iteration's rollouts")
         check_int("optim.grad_accum", self.grad_accum, 1, "micro-batches per update")
+        if not isinstance(self.step_batching, bool):
+            raise ValueError(f"optim.step_batching must be true or false, got {self.step_batching!r}")
         if self.ema_decay is not None:
             check_number("optim.ema_decay", self.ema_decay, low=0.0, high=1.0, low_open=True, high_open=True,
                          hint="e.g. 0.9, or null for no average")  # fmt: skip
