@@ -3,8 +3,8 @@
 The full run is a command (it takes ``recipes x seeds x minutes`` of training plus evaluations, about 50 minutes
 for three recipes at the defaults on 2 CPU cores)::
 
-    fastgrpo bench-learning --recipes flow_grpo,flow_grpo_fast,default --seeds 0,1,2 --held-out-sets 0,1 \
-        --minutes 5 --out benchmarks/results/learning
+    fastgrpo bench-learning --recipes flow_grpo,cps,flow_grpo_fast --seeds 0,1,2 --held-out-sets 0,1 \
+        --minutes 5 --eval-every 100 --out benchmarks/results/learning
 
 It writes ``learning.json`` (every evaluation of every run, gains per seed and held-out set, gains per minute,
 gains at the same rollout count, ratios to ``flow_grpo``) and ``learning.png`` (held-out reward against minutes and
@@ -26,7 +26,7 @@ SMOKE = ["data.held_out=4", "sampler.prompts_per_step=2", "sampler.group_size=4"
 
 def test_learning_benchmark_smoke(benchmark, tmp_path):
     def run():
-        return run_learning_benchmark(["flow_grpo", "default"], [0], minutes=10.0, held_out_sets=(0, 1),
+        return run_learning_benchmark(["flow_grpo", "flow_grpo_fast"], [0], minutes=10.0, held_out_sets=(0, 1),
                                       eval_every=2, out=tmp_path, overrides=SMOKE, max_iterations=3,
                                       log=lambda _line: None)  # fmt: skip
 
@@ -35,7 +35,7 @@ def test_learning_benchmark_smoke(benchmark, tmp_path):
     assert written["summary"] == json.loads(json.dumps(result["summary"]))
     assert (tmp_path / "learning.png").stat().st_size > 0
     runs = written["runs"]
-    assert [r["recipe"] for r in runs] == ["flow_grpo", "default"]
+    assert [r["recipe"] for r in runs] == ["flow_grpo", "flow_grpo_fast"]
     for run in runs:
         assert [p["iteration"] for p in run["points"]] == [0, 2, 3]  # every eval_every and the end
         assert all(len(p["reward"]) == 2 for p in run["points"])  # both held-out sets

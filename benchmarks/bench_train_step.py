@@ -10,7 +10,8 @@ rollout, decode, rewards, advantages, update, optimiser step):
   full model at 1024x1024, 1 x 3 samples) runs only when named in ``FASTGRPO_BENCH_TRAIN_SIZES``;
 - providers: ``flow_grpo_eager`` (``flow_grpo_iteration.py``: the same iteration run the Flow-GRPO way),
   ``fastgrpo``, ``fastgrpo_cuda_graphs`` (``runtime.cuda_graphs=true``) and ``fastgrpo_compile``
-  (``runtime.compile=true``). ``mid``, ``full`` and the graph/compile providers need CUDA and are skipped
+  (``runtime.compile=true``), ``fastgrpo_step_batching`` (``optim.step_batching=true``: the trained steps of a
+  micro-batch in one forward). ``mid``, ``full`` and the graph/compile providers need CUDA and are skipped
   elsewhere with the reason.
 
 Each provider first runs warm-up iterations (one; two with CUDA graphs or ``torch.compile``, whose capture and
@@ -24,7 +25,8 @@ dense bf16 peak (``fastgrpo.train.metrics.flops.PEAK_TFLOPS``; None on CPU); ``p
 peak of allocated CUDA memory); the device, versions and commit; and, from the same session,
 ``speedup_vs_flow_grpo_eager`` (baseline median / median: the fastgrpo/baseline ratio),
 ``rollout_speedup_vs_flow_grpo_eager``, ``update_speedup_vs_flow_grpo_eager``, ``speedup_vs_fastgrpo`` and
-``rollout_speedup_vs_fastgrpo`` (what CUDA graphs or compile add to plain fastgrpo).
+``rollout_speedup_vs_fastgrpo``, ``update_speedup_vs_fastgrpo`` (what CUDA graphs, compile or step batching add
+to plain fastgrpo).
 
 Targets on an H200 (not asserted): end to end >= 2x the baseline on ``full``, >= 3x on ``tiny``; CUDA graphs
 >= 1.5x on the rollouts of ``tiny`` and ``mid``.
@@ -58,13 +60,16 @@ VARIANTS: dict[str, tuple[str, ...]] = {  # provider -> runtime overrides; the b
     FASTGRPO: (),
     "fastgrpo_cuda_graphs": ("runtime.cuda_graphs=true",),
     "fastgrpo_compile": ("runtime.compile=true",),
+    "fastgrpo_step_batching": ("optim.step_batching=true",),  # the trained steps of a micro-batch in one forward
 }
 GPU_VARIANTS = ("fastgrpo_cuda_graphs", "fastgrpo_compile")
 DEFAULT_SIZES = ("tiny", "mid", "full")
 ALL_SIZES = ("tiny", "mid", "full", "full1024")
 # shared by every case: evaluation, checkpoints and the progress line off; Flow-GRPO's KL (what the baseline computes)
+# and the exploration the baseline implements (SPEC S1's step over a fixed window, independent noise)
 COMMON = ("logging.eval_every=0", "logging.save_every=0", "logging.progress=false", "data.held_out=0",
-          "grpo.kl_form=flow_grpo", "sde.sampler=sde")  # fmt: skip  # the baseline's step math is SPEC S1
+          "grpo.kl_form=flow_grpo", "sde.sampler=sde", "sampler.sde_steps=null",
+          "sampler.shared_noise=false")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ _INFOS: dict[tuple[str, str], dict[str, Any]] = {}
 RATIOS = (  # (field, over which provider, of which measurement)
     ("speedup_vs_fastgrpo", FASTGRPO, "median_s"),
     ("rollout_speedup_vs_fastgrpo", FASTGRPO, "phase_rollout_s"),
+    ("update_speedup_vs_fastgrpo", FASTGRPO, "phase_update_s"),
     (f"rollout_speedup_vs_{BASELINE}", BASELINE, "phase_rollout_s"),
     (f"update_speedup_vs_{BASELINE}", BASELINE, "phase_update_s"),
 )

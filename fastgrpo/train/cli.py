@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="compare", help="folder of report.png/.json/.md (default: ./compare)")
     compare.set_defaults(func=cmd_compare)
     bench = sub.add_parser("bench-learning", help="recipes trained for the same time: held-out reward vs time/rollouts")
-    bench.add_argument("--recipes", default="flow_grpo,default", help="comma-separated recipe names (README Recipes)")
+    bench.add_argument("--recipes", default="flow_grpo,cps,flow_grpo_fast,flow_grpo_fast_sde",
+                       help="comma-separated recipe names (README Recipes)")  # fmt: skip
     bench.add_argument("--seeds", default="0,1,2", help="rollout seeds (sampler.seed), comma-separated")
     bench.add_argument("--held-out-sets", default="0,1", help="held-out sets (that of runtime.seed=j), e.g. 0,1")
     bench.add_argument("--minutes", type=float, default=5.0, help="training time per run, evaluation excluded")

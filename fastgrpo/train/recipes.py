@@ -3,7 +3,8 @@ command line's own, and that ``fastgrpo bench-learning`` compares (:mod:`fastgrp
 
 Every recipe is written out in full over the keys it is about (sampler kind, window, step selection, GRPO
 constants), so that it means the same thing whatever the built-in defaults become. ``flow_grpo`` is the baseline
-of every ratio the learning benchmark reports.
+of every ratio the learning benchmark reports; ``flow_grpo_fast_sde`` is the built-in default's (a test keeps
+them equal).
 """
 
 from __future__ import annotations
@@ -69,11 +70,6 @@ RECIPES: dict[str, Recipe] = {
             "half of them trained, beta 0.004, clip 1e-4",
         ),
         _recipe(
-            "default",
-            "the built-in default (configs/demo.yaml): Flow-GRPO's recipe with coefficients-preserving sampling",
-            sde__sampler="cps",
-        ),
-        _recipe(
             "cps",
             "Flow-GRPO with coefficients-preserving sampling (Wang & Yu 2025, arXiv:2509.05952) in place of the SDE",
             sde__sampler="cps",
@@ -92,9 +88,18 @@ RECIPES: dict[str, Recipe] = {
         ),
         _recipe(
             "flow_grpo_fast",
-            "Flow-GRPO-Fast (arXiv:2505.05470) with DanceGRPO's shared group noise (arXiv:2505.07818): two "
+            "Flow-GRPO-Fast (arXiv:2505.05470) with DanceGRPO's shared group noise (arXiv:2505.07818) and CPS: two "
             "consecutive CPS steps at a random place, ODE elsewhere, both trained",
             sde__sampler="cps",
+            sampler__sde_steps="2",
+            sampler__shared_noise="true",
+            sampler__train_fraction="1.0",
+        ),
+        _recipe(
+            "flow_grpo_fast_sde",
+            "the built-in default: Flow-GRPO-Fast (arXiv:2505.05470) with DanceGRPO's shared group noise "
+            "(arXiv:2505.07818) and the seed's own SDE step (SPEC S1): two consecutive SDE steps at a random place, "
+            "ODE elsewhere, both trained, the clipped loss and KL of SPEC S3",
             sampler__sde_steps="2",
             sampler__shared_noise="true",
             sampler__train_fraction="1.0",

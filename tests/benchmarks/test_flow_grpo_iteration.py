@@ -33,7 +33,9 @@ from fastgrpo.train.update import grpo_backward  # noqa: E402
 #: the micro random Kontext model (1 + 1 blocks), 2 conditions x 3 samples (two Flow-GRPO batches of 3), 3 SDE
 #: steps; a wide clip range so that some ratios are clipped and some not; a KL weight large enough to matter
 SMALL = [
-    "sde.sampler=sde",  # the baseline runs SPEC S1's step
+    "sde.sampler=sde",  # the baseline runs SPEC S1's step over a fixed window with independent noise
+    "sampler.sde_steps=null",
+    "sampler.shared_noise=false",
     "model.path=micro",
     "model.dtype=fp32",
     "data.resolutions=[32x32]",

@@ -149,8 +149,8 @@ def test_sigma_and_step_gaussian_follow_spec():
 def test_step_spec_is_resolved_once_from_the_config_and_checks_its_values():
     schedule = flow_schedule({"shift": 3.0}, 10)
     spec = SDEConfig(noise_level=0.5, reduction="sum").spec(schedule, "torch")
-    assert spec == StepSpec(0.5, schedule.t_cap, "sum", "torch", "cps")  # the training default: CPS
-    assert SDEConfig(sampler="sde").spec(schedule, "torch") == StepSpec(0.7, schedule.t_cap, "mean", "torch")
+    assert spec == StepSpec(0.5, schedule.t_cap, "sum", "torch")
+    assert SDEConfig(sampler="cps").spec(schedule, "torch") == StepSpec(0.7, schedule.t_cap, "mean", "torch", "cps")
     assert SDEConfig(t_cap=0.25).spec(schedule).t_cap == 0.25
     with pytest.raises(AttributeError):
         spec.noise_level = 0.7  # frozen: one spec serves every call of its resolution

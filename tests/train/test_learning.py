@@ -30,8 +30,9 @@ def test_the_flow_grpo_recipe_is_flow_grpos_setting():
     assert not cfg.sampler.shared_noise and cfg.sampler.train_fraction == 0.5 and cfg.optim.lr == 3e-4
 
 
-def test_the_default_recipe_is_the_built_in_default():
-    assert load_config(None, list(get_recipe("default").overrides)) == load_config(None)
+def test_the_flow_grpo_fast_sde_recipe_is_the_built_in_default():
+    assert load_config(None, list(get_recipe("flow_grpo_fast_sde").overrides)) == load_config(None)
+    assert load_config(None, list(get_recipe("flow_grpo").overrides)) != load_config(None)
 
 
 def test_an_unknown_recipe_names_the_recipes(tmp_path, capsys):

@@ -458,19 +458,20 @@ def test_an_update_raises_the_log_prob_of_better_than_average_rollouts(tmp_path)
 
 
 def test_default_run_improves_the_editor_at_reduced_length(tmp_path):
-    """The built-in demo, cut to 40 iterations and 32 held-out conditions: the held-out ODE reward rises. (The full
-    default, 250 iterations, gains about 0.025 on 64 conditions; the first 50 iterations about 0.009 for each seed
-    measured, so the margin below is about half of what 40 iterations give.)"""
+    """The built-in demo cut to its first 200 iterations (of 650), on the whole held-out set: the held-out ODE reward
+    rises. Measured by ``fastgrpo bench-learning`` (recipe flow_grpo_fast_sde, the default) at 200 iterations:
+    +0.0253, +0.0315, +0.0255 for rollout seeds 0, 1, 2; the margin below is under half the lowest seed's gain,
+    and a run that does not learn (``optim.lr=1e-9``) ends at the start's 0.5418 and fails it."""
     cfg = load_config(
         None,
         [
             f"logging.output_dir={tmp_path}", "logging.run_name=demo", "logging.progress=false",
-            "runtime.max_steps=40", "logging.eval_every=40", "logging.save_every=0", "data.held_out=32",
+            "runtime.max_steps=200", "logging.eval_every=200", "logging.save_every=0", "eval.report_conditions=0",
         ],
     )  # fmt: skip
     _, result = run_trainer(cfg)
     assert result.initial_eval is not None and result.final_eval is not None
-    assert result.final_eval > result.initial_eval + 0.003, (result.initial_eval, result.final_eval)
+    assert result.final_eval > result.initial_eval + 0.010, (result.initial_eval, result.final_eval)
 
 
 def test_a_full_disk_during_the_final_lora_export_is_one_message(tmp_path, monkeypatch, capsys):

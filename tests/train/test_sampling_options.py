@@ -50,8 +50,9 @@ def base_plan(trainer: Trainer) -> RolloutPlan:
 
 
 def test_sampler_options_are_checked():
-    with pytest.raises(ValueError, match=r"sampler\.sde_steps=3 exceeds the SDE window's 2 steps"):
-        SamplerConfig(sde_window=(0, 2), sde_steps=3)
+    assert SamplerConfig(sde_window=(0, 2), sde_steps=3).trained_steps == 2  # at most the window
+    with pytest.raises(ValueError, match=r"sampler\.sde_steps must be"):
+        SamplerConfig(sde_steps=0)
     with pytest.raises(ValueError, match="window_schedule must be 'random' or 'sliding'"):
         SamplerConfig(window_schedule="cyclic")
     with pytest.raises(ValueError, match="shared_noise must be true or false"):
@@ -60,7 +61,7 @@ def test_sampler_options_are_checked():
         SamplerConfig(window_stride=0)
     assert SamplerConfig(sde_steps=2, train_fraction=1.0).trained_steps == 2
     assert SamplerConfig(sde_steps=2, train_fraction=0.5).trained_steps == 1
-    assert SamplerConfig(train_fraction=0.5).trained_steps == 4  # the whole 8-step window
+    assert SamplerConfig(sde_steps=None, train_fraction=0.5).trained_steps == 4  # the whole 8-step window
 
 
 def test_a_cps_plan_drops_the_noiseless_last_step_and_refuses_a_window_of_only_that():
@@ -128,7 +129,7 @@ def test_shared_noise_starts_a_group_from_one_draw_whatever_the_chunking(tmp_pat
 
 
 def test_without_shared_noise_every_sample_starts_apart(tmp_path):
-    with built(tmp_path) as t:
+    with built(tmp_path, "sampler.shared_noise=false") as t:
         start = first_latents(t)[:, 0]
     assert all(not torch.equal(start[0], start[i]) for i in range(1, 4))
 

@@ -241,7 +241,7 @@ def test_non_mapping_file_and_section(tmp_path):
         ("logging.keep_checkpoints=0", "logging.keep_checkpoints must be >= 1 (or null to keep all)"),
         ("data.held_out=0", "set data.held_out > 0 or logging.eval_every=0"),
         ("profile.steps=12:10", "profile.steps must be 'A:B' with 0 <= A < B"),
-        ("profile.steps=200:300", "ends after runtime.max_steps=250"),
+        ("profile.steps=700:800", "ends after runtime.max_steps=650"),
         ("profile.memory_snapshot=true", "set profile.steps"),
         ("data.resolutions=[48x48]", "the packaged tiny editor has weights for 16x16, 32x32; pick one of those"),
         (("runtime.fsdp=true", "runtime.cuda_graphs=true"), "cannot capture FSDP's per-block all-gathers"),
@@ -268,8 +268,9 @@ def test_sections_check_values_when_built_in_code():
 
 
 def test_sampler_window_and_trained_steps():
-    sampler = SamplerConfig(train_steps=10, sde_window=(0, 4), train_fraction=0.5)
+    sampler = SamplerConfig(train_steps=10, sde_window=(0, 4), sde_steps=None, train_fraction=0.5)
     assert sampler.window == (0, 4) and sampler.trained_steps == 2
+    assert SamplerConfig(train_steps=10, sde_window=(0, 4), train_fraction=0.5).trained_steps == 1  # 2 SDE steps
     assert SamplerConfig(train_steps=10, train_fraction=0.01).trained_steps == 1
 
 

@@ -25,12 +25,12 @@ class SamplerConfig:
         eval_steps: ODE steps of evaluation and inference (the model's usual count, e.g. 28 for FLUX.1 Kontext).
         sde_window: ``[start, end)`` indices of the rollout steps that may be SDE steps (and trained); steps
             outside are deterministic ODE steps and not trained. Null: every step.
-        sde_steps: consecutive SDE steps per rollout, placed inside ``sde_window`` anew each iteration by
-            ``window_schedule``; the window's other steps are ODE steps that iteration. Null: the whole window
-            every iteration. One or two early steps is Flow-GRPO-Fast's branching (Liu et al. 2025,
-            arXiv:2505.05470, "Flow-GRPO-Fast"); a window that moves with training is MixGRPO's (Li et al. 2025,
-            arXiv:2507.21802). Fewer SDE steps mean cleaner rollouts and, with ``shared_noise``, a shared ODE
-            prefix rolled out once per group.
+        sde_steps: consecutive SDE steps per rollout (at most: a window with fewer SDE steps is used whole),
+            placed inside ``sde_window`` anew each iteration by ``window_schedule``; the window's other steps are
+            ODE steps that iteration. Null: the whole window every iteration. One or two steps is Flow-GRPO-Fast's
+            branching (Liu et al. 2025, arXiv:2505.05470, "Flow-GRPO-Fast"); a window that moves with training is
+            MixGRPO's (Li et al. 2025, arXiv:2507.21802). Fewer SDE steps mean cleaner rollouts and, with
+            ``shared_noise``, a shared ODE prefix rolled out once per group.
         window_schedule: where the ``sde_steps`` window lies each iteration: ``random`` (a fresh start drawn
             from ``(seed, iteration)``), or ``sliding`` (MixGRPO: the start moves one step later every
             ``window_stride`` iterations, wrapping round to the beginning of ``sde_window``).
@@ -52,11 +52,11 @@ class SamplerConfig:
     train_steps: int = 8
     eval_steps: int = 20
     sde_window: tuple[int, int] | None = None
-    sde_steps: int | None = None
+    sde_steps: int | None = 2
     window_schedule: str = "random"
     window_stride: int = 25
-    shared_noise: bool = False
-    train_fraction: float = 0.5
+    shared_noise: bool = True
+    train_fraction: float = 1.0
     seed: int | None = None
     rollout_batch: int | None = None
 
@@ -78,13 +78,7 @@ class SamplerConfig:
                     f"({self.train_steps}), e.g. [0, {min(2, self.train_steps)}], or null (every step): got {window!r}"
                 )
         if self.sde_steps is not None:
-            start, end = self.window
             check_int("sampler.sde_steps", self.sde_steps, 1, "SDE steps per rollout, or null for the whole window")
-            if self.sde_steps > end - start:
-                raise ValueError(
-                    f"sampler.sde_steps={self.sde_steps} exceeds the SDE window's {end - start} steps "
-                    f"({list(self.window)}); use at most {end - start}, or null for the whole window"
-                )
         if self.window_schedule not in ("random", "sliding"):
             raise ValueError(f"sampler.window_schedule must be 'random' or 'sliding', got {self.window_schedule!r}")
         check_int("sampler.window_stride", self.window_stride, 1, "iterations per position of a sliding window")
@@ -110,9 +104,9 @@ class SamplerConfig:
     @property
     def trained_steps(self) -> int:
         """Steps trained per iteration: ``max(1, round(train_fraction * SDE steps per rollout))`` (the SDE steps:
-        ``sde_steps``, or the window's length)."""
+        ``sde_steps``, at most the window's length)."""
         start, end = self.window
-        return max(1, round(self.train_fraction * (self.sde_steps or end - start)))
+        return max(1, round(self.train_fraction * min(self.sde_steps or end - start, end - start)))
 
 
 @dataclass(frozen=True)
@@ -132,8 +126,9 @@ class OptimConfig:
             is weighted so the gradient is the same for any value); must divide ``P * G``.
         step_batching: the trained steps of a micro-batch go through the transformer as one forward and backward
             of ``steps x samples`` rows instead of one step at a time: the same gradient from fewer, larger
-            kernels, with the activations of every trained step alive at once (lower ``grad_accum`` pressure with
-            it off, or raise ``grad_accum``).
+            kernels, with the activations of every trained step alive at once (false, or a larger ``grad_accum``,
+            when activation memory is the limit, as in the FLUX.1 Kontext and Qwen-Image-Edit configs). On the
+            tiny editor on 2 CPU cores it cuts the update from 0.36 to 0.30 s per iteration.
         ema_decay: decay of an exponential moving average of the LoRA weights used for evaluation, in
             ``(0, 1)`` (e.g. 0.9); null keeps no average.
         nonfinite_limit: an update whose loss or gradient is not finite is skipped and counted; this many in a
@@ -148,7 +143,7 @@ class OptimConfig:
     warmup_steps: int = 0
     inner_epochs: int = 1
     grad_accum: int = 1
-    step_batching: bool = False
+    step_batching: bool = True
     ema_decay: float | None = None
     nonfinite_limit: int = 5
 

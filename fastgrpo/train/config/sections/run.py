@@ -131,7 +131,7 @@ class RuntimeConfig:
 
     device: str = "auto"
     seed: int = 0
-    max_steps: int = 250
+    max_steps: int = 650
     dtype: Literal["bf16", "fp16"] | None = None
     compile: bool = False
     cuda_graphs: bool = False
