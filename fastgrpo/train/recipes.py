@@ -29,13 +29,8 @@ class Recipe:
     summary: str
 
 
-#: the keys every recipe sets, so that a recipe never inherits one of these from the defaults
-_METHOD_KEYS = (
-    "sde.sampler", "sde.noise_level", "sampler.sde_window", "sampler.sde_steps", "sampler.window_schedule",
-    "sampler.shared_noise", "sampler.train_fraction", "grpo.beta", "grpo.clip_low", "grpo.clip_high",
-    "grpo.ratio_norm", "optim.lr", "optim.betas",
-)  # fmt: skip
-
+#: Flow-GRPO's values of the method keys; its keys are the ones every recipe sets, so that a recipe never inherits
+#: one of them from the defaults
 _FLOW_GRPO = {
     "sde.sampler": "sde",
     "sde.noise_level": "0.7",
@@ -55,10 +50,9 @@ _FLOW_GRPO = {
 
 def _recipe(name: str, summary: str, **changes: str) -> Recipe:
     keys = {k.replace("__", "."): v for k, v in changes.items()}
-    unknown = sorted(set(keys) - set(_METHOD_KEYS))
-    assert not unknown, f"recipe {name} sets keys outside _METHOD_KEYS: {unknown}"
-    values = {**_FLOW_GRPO, **keys}
-    return Recipe(name, tuple(f"{k}={values[k]}" for k in _METHOD_KEYS), summary)
+    unknown = sorted(set(keys) - set(_FLOW_GRPO))
+    assert not unknown, f"recipe {name} sets keys outside the method keys of _FLOW_GRPO: {unknown}"
+    return Recipe(name, tuple(f"{k}={v}" for k, v in {**_FLOW_GRPO, **keys}.items()), summary)
 
 
 RECIPES: dict[str, Recipe] = {
